@@ -1,0 +1,100 @@
+"""Dense token entropy and log-probabilities from logits (float32 whatever the input dtype).
+
+Entropy is computed in the stable form H = logsumexp(z) − Σ_v softmax(z)_v · z_v, with the
+shift by the row maximum, so no log-softmax tensor is built and ``-inf`` logits (masked
+vocabulary entries) contribute exactly 0 to the value and to the gradient.
+
+References: verl ``entropy_from_logits``; arXiv:2505.22617 (entropy as the tracked quantity).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _scaled_f32(logits, temperature):
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = jnp.asarray(logits).astype(jnp.promote_types(jnp.asarray(logits).dtype, jnp.float32))
+    # Divide *after* the float32 upcast (bf16 division inflates the rollout/trainer log-prob gap).
+    return z / jnp.asarray(temperature, z.dtype)
+
+
+def _row_stats(z):
+    """Shifted streaming-style row statistics of ``z[..., V]``.
+
+    Returns (lse, mu) with lse = log Σ e^z and mu = E_p[z]; entropy is lse − mu. Rows whose
+    entries are all ``-inf`` get lse = −inf-free placeholders (lse = 0, mu = 0) so that callers
+    can mask them without NaNs.
+    """
+    finite = z > -jnp.inf
+    m = jax.lax.stop_gradient(jnp.max(jnp.where(finite, z, -jnp.inf), axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    zs = jnp.where(finite, z - m, 0.0)  # double-where: no (-inf) - m in the graph
+    e = jnp.where(finite, jnp.exp(zs), 0.0)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    t = jnp.sum(e * zs, axis=-1, keepdims=True)
+    empty = s <= 0
+    s_safe = jnp.where(empty, 1.0, s)
+    lse = jnp.where(empty, 0.0, jnp.log(s_safe) + m)
+    mu = jnp.where(empty, 0.0, t / s_safe + m)
+    return lse[..., 0], mu[..., 0]
+
+
+def token_entropy(logits, *, temperature=1.0) -> jax.Array:
+    """Full-vocabulary entropy of softmax(logits / temperature) per position.
+
+    H(p) = −Σ_v p_v log p_v = logsumexp(z) − Σ_v p_v z_v,   z = logits / T.
+
+    Args:
+      logits: ``[..., V]`` (any float dtype; computed in float32 or wider).
+      temperature: T > 0 (scalar or broadcastable ``[...]`` array).
+    Returns:
+      ``[...]`` entropy in nats, float32 (float64 for float64 input). A row of all ``-inf`` has
+      entropy 0.
+
+    References: arXiv:2505.22617 (Eq. for policy entropy H(π_θ)).
+    """
+    z = _scaled_f32(logits, _expand_t(temperature))
+    lse, mu = _row_stats(z)
+    return lse - mu
+
+
+def _expand_t(temperature):
+    if isinstance(temperature, (int, float)):
+        return temperature
+    return jnp.asarray(temperature)[..., None]
+
+
+def logprobs_and_entropy(logits, labels, *, temperature=1.0) -> tuple[jax.Array, jax.Array]:
+    """Log-probability of ``labels`` and the full-vocabulary entropy, per position.
+
+    log π(y) = z_y − logsumexp(z),  H = logsumexp(z) − Σ_v p_v z_v,  z = logits / T.
+
+    Args:
+      logits: ``[..., V]``; labels: int ``[...]`` in [0, V).
+      temperature: T > 0.
+    Returns:
+      ``(logp [...], entropy [...])`` in float32 (or wider). A label whose logit is ``-inf`` gets
+      log-prob ``-inf`` (it has probability 0).
+
+    References: verl ``logprobs_from_logits`` / ``entropy_from_logits``.
+    """
+    labels = jnp.asarray(labels)
+    logits = jnp.asarray(logits)
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels shape {labels.shape} must equal logits.shape[:-1] = {logits.shape[:-1]}"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    z = _scaled_f32(logits, _expand_t(temperature))
+    lse, mu = _row_stats(z)
+    z_y = jnp.take_along_axis(z, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return z_y - lse, lse - mu
+
+
+def logprobs(logits, labels, *, temperature=1.0) -> jax.Array:
+    """Log-probability of ``labels`` only (see :func:`logprobs_and_entropy`)."""
+    return logprobs_and_entropy(logits, labels, temperature=temperature)[0]

@@ -1,0 +1,173 @@
+"""Masked reductions and verl-compatible loss aggregation.
+
+Every reduction here is exact and NaN-free when the mask is empty (the result is 0, and the
+gradient is 0), and accepts ``axis_name`` so that inside ``jax.shard_map`` / ``jax.pmap`` the
+statistic is taken over the *global* batch: the answer equals one device holding the
+concatenated batch.
+
+Shapes: ``values`` and ``mask`` broadcast together; per-token arrays are ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _as_mask(mask, like) -> jax.Array:
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        mask = mask != 0
+    return jnp.broadcast_to(mask, jnp.shape(like))
+
+
+def _safe_div(num, den):
+    """``num / den`` with 0 where ``den == 0`` (double-where, so gradients stay finite)."""
+    ok = den != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.zeros_like(num))
+
+
+def masked_sum(values, mask, axis=None, *, axis_name=None) -> jax.Array:
+    """Σ m·x over ``axis`` (and over devices when ``axis_name`` is given).
+
+    Masked entries are *selected out* (``where``), so a NaN or inf under a zero mask does not leak
+    into the sum or its gradient.
+    """
+    values = jnp.asarray(values)
+    m = _as_mask(mask, values)
+    return _psum(jnp.sum(jnp.where(m, values, 0), axis=axis), axis_name)
+
+
+def masked_count(mask, axis=None, *, axis_name=None, dtype=jnp.float32) -> jax.Array:
+    """Σ m over ``axis`` (global over ``axis_name``)."""
+    return _psum(jnp.sum(jnp.asarray(mask).astype(dtype), axis=axis), axis_name)
+
+
+def masked_mean(values, mask, axis=None, *, axis_name=None) -> jax.Array:
+    """Σ m·x / Σ m, defined as 0 where Σ m = 0."""
+    values = jnp.asarray(values)
+    m = _as_mask(mask, values)
+    num = masked_sum(values, m, axis, axis_name=axis_name)
+    den = masked_count(m, axis, axis_name=axis_name, dtype=num.dtype)
+    return _safe_div(num, den)
+
+
+def masked_var(values, mask, axis=None, *, unbiased=True, axis_name=None) -> jax.Array:
+    """Masked variance Σ m(x − x̄)² / (n − 1) (``unbiased``, verl's default) or / n.
+
+    Returns 0 when fewer than two (unbiased) or zero elements are selected.
+    """
+    values = jnp.asarray(values)
+    m = _as_mask(mask, values)
+    mean = masked_mean(values, m, axis, axis_name=axis_name)
+    if axis is not None:
+        mean = jnp.expand_dims(mean, axis)
+    sq = masked_sum(jnp.square(values - mean), m, axis, axis_name=axis_name)
+    n = masked_count(m, axis, axis_name=axis_name, dtype=sq.dtype)
+    den = jnp.where(n > 1, n - 1, 0) if unbiased else n
+    return _safe_div(sq, den)
+
+
+def masked_whiten(values, mask, *, shift_mean=True, eps=1e-8, axis_name=None) -> jax.Array:
+    """(x − x̄)/√(var + eps) over the masked elements (verl ``masked_whiten``; unbiased var).
+
+    With ``shift_mean=False`` the mean is added back (verl's option). Masked-out entries are
+    returned as 0.
+    """
+    values = jnp.asarray(values)
+    m = _as_mask(mask, values)
+    mean = masked_mean(values, m, axis_name=axis_name)
+    var = masked_var(values, m, axis_name=axis_name)
+    out = (values - mean) * jax.lax.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return jnp.where(m, out, 0)
+
+
+def masked_quantile(values, mask, q, *, axis_name=None) -> jax.Array:
+    """Quantile(s) ``q`` ∈ [0, 1] of the masked elements, NumPy's default ``linear`` method.
+
+    With n selected values sorted as v₀ ≤ … ≤ v_{n−1}, the quantile is the linear interpolation at
+    position q·(n − 1). Taken over all elements of ``values`` (flattened); with ``axis_name`` the
+    values are all-gathered so the result is the global-batch quantile. Returns 0 for an empty
+    mask. Not differentiable (quantiles are used for selection thresholds and logging); the
+    result carries ``stop_gradient``.
+
+    Args:
+      values: any shape. mask: broadcastable to ``values``. q: scalar or 1-D array.
+    Returns:
+      scalar (scalar ``q``) or ``[len(q)]``.
+    """
+    values = jax.lax.stop_gradient(jnp.asarray(values))
+    m = _as_mask(mask, values)
+    v = values.reshape(-1)
+    m = m.reshape(-1)
+    if axis_name is not None:
+        v = jax.lax.all_gather(v, axis_name, tiled=True)
+        m = jax.lax.all_gather(m, axis_name, tiled=True)
+    q = jnp.asarray(q, dtype=jnp.result_type(v.dtype, jnp.float32))
+    big = jnp.array(jnp.inf, v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v.max()
+    srt = jnp.sort(jnp.where(m, v, big))
+    n = jnp.sum(m)
+    pos = q * jnp.maximum(n - 1, 0).astype(q.dtype)
+    lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, v.shape[0] - 1)
+    hi = jnp.clip(jnp.minimum(lo + 1, n - 1), 0, v.shape[0] - 1)
+    frac = (pos - lo).astype(q.dtype)
+    vlo, vhi = srt[lo].astype(q.dtype), srt[hi].astype(q.dtype)
+    # frac == 0 when lo == hi; avoid inf*0 when an unselected +inf sneaks in.
+    res = jnp.where(frac > 0, vlo + frac * (vhi - vlo), vlo)
+    return jnp.where(n > 0, res, jnp.zeros_like(res))
+
+
+def aggregate(
+    values,
+    mask,
+    mode: str = "token-mean",
+    *,
+    loss_scale_factor: float | None = None,
+    axis_name=None,
+) -> jax.Array:
+    """Reduce a per-token loss ``ℓ[B, T]`` to a scalar with verl's ``loss_agg_mode`` names.
+
+    ===========================  ==========================================================
+    ``token-mean``               Σ_{i,t} m ℓ / Σ_{i,t} m                         (DAPO)
+    ``seq-mean-token-sum``       mean_{i: n_i>0} Σ_t m ℓ
+    ``seq-mean-token-mean``      mean_{i: n_i>0} (Σ_t m ℓ / n_i)                 (GRPO)
+    ``seq-mean-token-sum-norm``  Σ_{i,t} m ℓ / (B · loss_scale_factor)           (Dr. GRPO)
+    ===========================  ==========================================================
+
+    ``n_i = Σ_t m_{i,t}``. Sequences with no valid token are excluded from the sequence means
+    (current verl, ``seq_mask = n_i > 0``). ``loss_scale_factor`` defaults to the padded length T
+    (verl's default, the constant normaliser of Dr. GRPO). With ``axis_name`` every sum and count
+    is global, so the result equals the one-device result on the concatenated batch. An
+    all-masked batch gives 0 (and zero gradient).
+
+    References: verl ``core_algos.agg_loss``; Dr. GRPO arXiv:2503.20783; DAPO arXiv:2503.14476.
+    """
+    values = jnp.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"aggregate expects per-token values [B, T], got shape {values.shape}")
+    m = _as_mask(mask, values)
+    if mode == "token-mean":
+        return masked_mean(values, m, axis_name=axis_name)
+    seq_sum = jnp.sum(jnp.where(m, values, 0), axis=-1)
+    n_i = jnp.sum(m, axis=-1).astype(seq_sum.dtype)
+    seq_valid = n_i > 0
+    if mode == "seq-mean-token-sum":
+        return masked_mean(seq_sum, seq_valid, axis_name=axis_name)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(_safe_div(seq_sum, n_i), seq_valid, axis_name=axis_name)
+    if mode == "seq-mean-token-sum-norm":
+        scale = values.shape[-1] if loss_scale_factor is None else loss_scale_factor
+        if scale <= 0:
+            raise ValueError(f"loss_scale_factor must be > 0, got {scale}")
+        total = _psum(jnp.sum(seq_sum), axis_name)
+        n_seq = _psum(jnp.asarray(values.shape[0], seq_sum.dtype), axis_name)
+        return total / (n_seq * scale)
+    raise ValueError(f"unknown loss aggregation mode {mode!r}; expected one of {AGG_MODES}")
