@@ -1,0 +1,1 @@
+"""RL engine: verifiable tasks, jitted sampler with KV cache, GRPO/PPO trainer."""
