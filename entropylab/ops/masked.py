@@ -109,8 +109,8 @@ def masked_quantile(values, mask, q, *, axis_name=None) -> jax.Array:
     v = values.reshape(-1)
     m = m.reshape(-1)
     if axis_name is not None:
-        v = jax.lax.all_gather(v, axis_name, tiled=True)
-        m = jax.lax.all_gather(m, axis_name, tiled=True)
+        v = jax.lax.all_gather(v, axis_name, tiled=True, to="invarying")
+        m = jax.lax.all_gather(m, axis_name, tiled=True, to="invarying")
     q = jnp.asarray(q, dtype=jnp.result_type(v.dtype, jnp.float32))
     big = jnp.array(jnp.inf, v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v.max()
     srt = jnp.sort(jnp.where(m, v, big))
