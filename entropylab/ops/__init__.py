@@ -3,7 +3,12 @@
 No Flax; nothing here imports from the layers above.
 """
 
-from entropylab.ops.entropy import logprobs, logprobs_and_entropy, token_entropy
+from entropylab.ops.entropy import (
+    attention_entropy,
+    logprobs,
+    logprobs_and_entropy,
+    token_entropy,
+)
 from entropylab.ops.masked import (
     AGG_MODES,
     aggregate,
@@ -14,10 +19,19 @@ from entropylab.ops.masked import (
     masked_var,
     masked_whiten,
 )
+from entropylab.ops.stats import (
+    FORKING_THRESHOLD,
+    entropy_stats,
+    window_entropy,
+    window_valid_mask,
+)
 
 __all__ = [
     "AGG_MODES",
+    "FORKING_THRESHOLD",
     "aggregate",
+    "attention_entropy",
+    "entropy_stats",
     "logprobs",
     "logprobs_and_entropy",
     "masked_count",
@@ -27,4 +41,6 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "token_entropy",
+    "window_entropy",
+    "window_valid_mask",
 ]

@@ -28,7 +28,7 @@ def _row_stats(z):
     entries are all ``-inf`` get lse = −inf-free placeholders (lse = 0, mu = 0) so that callers
     can mask them without NaNs.
     """
-    finite = z > -jnp.inf
+    finite = z != -jnp.inf  # NaN logits stay "finite" here so that they propagate, not vanish
     m = jax.lax.stop_gradient(jnp.max(jnp.where(finite, z, -jnp.inf), axis=-1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     zs = jnp.where(finite, z - m, 0.0)  # double-where: no (-inf) - m in the graph
@@ -98,3 +98,61 @@ def logprobs_and_entropy(logits, labels, *, temperature=1.0) -> tuple[jax.Array,
 def logprobs(logits, labels, *, temperature=1.0) -> jax.Array:
     """Log-probability of ``labels`` only (see :func:`logprobs_and_entropy`)."""
     return logprobs_and_entropy(logits, labels, temperature=temperature)[0]
+
+
+def attention_entropy(
+    probs, mask=None, *, normalize: bool = False, from_logits: bool = False
+) -> jax.Array:
+    """Entropy of each attention row (query) over its visible keys.
+
+    H_i = −Σ_{j ∈ K_i} a_ij ln a_ij   (0·ln 0 := 0),      Ĥ_i = H_i / ln n_i   (``normalize``)
+
+    where K_i is the set of keys visible to query i (``mask``: causal and/or padding) and
+    n_i = |K_i|. Rows with n_i ≤ 1 have Ĥ = 0 (their entropy is 0 anyway).
+
+    Two inputs are accepted:
+
+    * probabilities (default), e.g. Hugging Face ``output_attentions``: entries outside the mask
+      are ignored, and the row is **not** renormalised (pass what softmax produced);
+    * logits with ``from_logits=True`` (the exact scores fed to softmax, already scaled by
+      1/√d and any temperature): masked keys are set to −inf and the entropy is computed as
+      logsumexp(z) − Σ_j softmax(z)_j z_j, without materialising ``ln a`` (robust when a row is
+      peaked; finite value and gradient for fully-masked rows, which give 0).
+
+    Computed in float32 (or wider) whatever the input dtype (bf16 probabilities underflow).
+    Aggregate with :func:`entropylab.ops.masked_mean` over the axes you want (Zhai et al.: mean
+    over queries, heads and examples; Jha & Reagen: per head, mean over queries); averaging
+    raw H over positions mixes scales (ln i grows with i), so prefer ``normalize=True`` there.
+
+    Args:
+      probs: ``[..., Tq, Tk]`` attention probabilities (or logits with ``from_logits``).
+      mask: optional bool/0-1 array broadcastable to ``probs``; True = key visible. ``None``
+        means every key is visible (n_i = Tk).
+      normalize: divide by ln n_i.
+      from_logits: interpret ``probs`` as pre-softmax scores.
+    Returns:
+      ``[..., Tq]`` entropy in nats (or normalised to [0, 1]).
+
+    References: arXiv:2303.06296 (attention entropy collapse); arXiv:2401.07004 (EABF, entropy
+    invariance ln n); arXiv:2501.03489 (entropy-guided attention, per-head mean over queries).
+    """
+    x = jnp.asarray(probs)
+    if x.ndim < 2:
+        raise ValueError(f"attention_entropy expects [..., Tq, Tk], got shape {x.shape}")
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if mask is None:
+        m = jnp.ones(x.shape, jnp.bool_)
+    else:
+        m = jnp.broadcast_to(jnp.asarray(mask) != 0, x.shape)
+    if from_logits:
+        lse, mu = _row_stats(jnp.where(m, x, -jnp.inf))
+        h = lse - mu
+    else:
+        pos = m & (x > 0)
+        x_safe = jnp.where(pos, x, 1.0)
+        h = -jnp.sum(jnp.where(pos, x_safe * jnp.log(x_safe), 0.0), axis=-1)
+    if normalize:
+        n = jnp.sum(m, axis=-1).astype(h.dtype)
+        ok = n > 1
+        h = jnp.where(ok, h / jnp.log(jnp.where(ok, n, 2.0)), 0.0)
+    return h

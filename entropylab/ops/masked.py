@@ -45,8 +45,8 @@ def masked_sum(values, mask, axis=None, *, axis_name=None) -> jax.Array:
 
 
 def masked_count(mask, axis=None, *, axis_name=None, dtype=jnp.float32) -> jax.Array:
-    """Σ m over ``axis`` (global over ``axis_name``)."""
-    return _psum(jnp.sum(jnp.asarray(mask).astype(dtype), axis=axis), axis_name)
+    """Σ m over ``axis`` (global over ``axis_name``); any nonzero mask entry counts as 1."""
+    return _psum(jnp.sum((jnp.asarray(mask) != 0).astype(dtype), axis=axis), axis_name)
 
 
 def masked_mean(values, mask, axis=None, *, axis_name=None) -> jax.Array:
@@ -104,6 +104,8 @@ def masked_quantile(values, mask, q, *, axis_name=None) -> jax.Array:
     Returns:
       scalar (scalar ``q``) or ``[len(q)]``.
     """
+    if isinstance(q, (int, float)) and not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q}")
     values = jax.lax.stop_gradient(jnp.asarray(values))
     m = _as_mask(mask, values)
     v = values.reshape(-1)
@@ -165,7 +167,7 @@ def aggregate(
         return masked_mean(_safe_div(seq_sum, n_i), seq_valid, axis_name=axis_name)
     if mode == "seq-mean-token-sum-norm":
         scale = values.shape[-1] if loss_scale_factor is None else loss_scale_factor
-        if scale <= 0:
+        if isinstance(scale, (int, float)) and scale <= 0:
             raise ValueError(f"loss_scale_factor must be > 0, got {scale}")
         total = _psum(jnp.sum(seq_sum), axis_name)
         n_seq = _psum(jnp.asarray(values.shape[0], seq_sum.dtype), axis_name)
