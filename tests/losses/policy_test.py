@@ -1,0 +1,246 @@
+"""Policy-gradient losses vs independent float64 NumPy references of verl's ``core_algos``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dist_util import assert_matches_distributed
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from entropylab.losses import ppo_clip_loss, ppo_clip_per_token
+
+MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+# ----------------------------------------------------------------------------- NumPy references
+def np_agg(loss, mask, mode, scale=None):
+    """verl ``agg_loss`` (current semantics: sequences without tokens are left out)."""
+    loss = np.asarray(loss, np.float64)
+    m = np.asarray(mask, np.float64)
+    if mode == "token-mean":
+        return (loss * m).sum() / m.sum() if m.sum() > 0 else 0.0
+    seq_sum = (loss * m).sum(-1)
+    n = m.sum(-1)
+    valid = n > 0
+    if mode == "seq-mean-token-sum":
+        return seq_sum[valid].mean() if valid.any() else 0.0
+    if mode == "seq-mean-token-mean":
+        return (seq_sum[valid] / n[valid]).mean() if valid.any() else 0.0
+    if mode == "seq-mean-token-sum-norm":
+        scale = loss.shape[-1] if scale is None else scale
+        return seq_sum.sum() / (loss.shape[0] * scale)
+    raise AssertionError(mode)
+
+
+def np_mean(x, mask):
+    m = np.asarray(mask, np.float64)
+    return (np.asarray(x, np.float64) * m).sum() / m.sum() if m.sum() > 0 else 0.0
+
+
+def np_ppo(logp, old, adv, mask, eps_l=0.2, eps_h=None, c=None, mode="token-mean", scale=None):
+    """verl ``compute_policy_loss_vanilla`` restated in float64."""
+    eps_h = eps_l if eps_h is None else eps_h
+    logp, old, adv = (np.asarray(a, np.float64) for a in (logp, old, adv))
+    lr = np.clip(logp - old, -20.0, 20.0)
+    ratio = np.exp(lr)
+    l1 = -adv * ratio
+    l2 = -adv * np.clip(ratio, 1 - eps_l, 1 + eps_h)
+    lc = np.maximum(l1, l2)
+    clipfrac = np_mean(l2 > l1, mask)
+    if c is not None:
+        l3 = -adv * c
+        lower = np_mean((lc > l3) & (adv < 0), mask)
+        per_tok = np.where(adv < 0, np.minimum(l3, lc), lc)
+    else:
+        lower = 0.0
+        per_tok = lc
+    loss = np_agg(per_tok, mask, mode, scale)
+    return per_tok, {
+        "pg/loss": loss,
+        "pg/clipfrac": clipfrac,
+        "pg/clipfrac_lower": lower,
+        "pg/ppo_kl": np_mean(-lr, mask),
+    }
+
+
+def random_batch(seed, b=8, t=6, p_mask=0.7, scale=0.4, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    logp = (-np.abs(rng.normal(size=(b, t))) - 0.1).astype(dtype)
+    old = (logp + scale * rng.normal(size=(b, t))).astype(dtype)
+    adv = rng.normal(size=(b, t)).astype(dtype)
+    mask = rng.random((b, t)) < p_mask
+    mask[0] = False  # an empty sequence
+    mask[1, 0] = True
+    return logp, old, adv, mask
+
+
+def assert_metrics(got, want, atol=1e-5):
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(np.float64(got[k]), want[k], atol=atol, err_msg=k)
+
+
+# ----------------------------------------------------------------------------- PPO clip
+def test_ppo_hand_cases():
+    # ratio = exp(lp - old); pick ratios 1.5, 0.5, 1.1, 0.5, 5.0 with eps 0.2, c = 3.
+    ratios = np.array([[1.5, 0.5, 1.1, 0.5, 5.0, 1.5]])
+    adv = np.array([[1.0, 1.0, -1.0, -1.0, -1.0, -1.0]])
+    old = np.zeros_like(ratios)
+    lp = np.log(ratios)
+    per_tok, info = ppo_clip_per_token(lp, old, adv, clip_ratio_c=3.0)
+    # A>0, r=1.5: clipped to 1.2 → −1.2 (clip branch active, upper)
+    # A>0, r=0.5: unclipped −0.5
+    # A<0, r=1.1: unclipped 1.1
+    # A<0, r=0.5: clipped to 0.8 → 0.8 (clip branch active, lower)
+    # A<0, r=5.0: max(5, 1.2) = 5 → dual-clip min(5, 3) = 3
+    # A<0, r=1.5: 1.5 < 3, no dual clip
+    np.testing.assert_allclose(per_tok, [[-1.2, -0.5, 1.1, 0.8, 3.0, 1.5]], rtol=1e-6)
+    np.testing.assert_array_equal(info["clipped"], [[1, 0, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(info["clipped_upper"], [[1, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(info["clipped_lower"], [[0, 0, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(info["dual_clipped"], [[0, 0, 0, 0, 1, 0]])
+    np.testing.assert_allclose(info["ratio"], ratios, rtol=1e-6)
+    # Without c the A<0, r=5 token keeps loss 5.
+    per_tok, info = ppo_clip_per_token(lp, old, adv)
+    assert np.isclose(per_tok[0, 4], 5.0) and not info["dual_clipped"].any()
+
+
+def test_ppo_clip_higher_is_asymmetric():
+    lp = np.log(np.array([[1.25, 1.25, 0.75]]))
+    adv = np.array([[1.0, 1.0, -1.0]])
+    per_tok, info = ppo_clip_per_token(
+        lp, np.zeros_like(lp), adv, clip_ratio_low=0.2, clip_ratio_high=0.28
+    )
+    # 1.25 < 1.28 → not clipped; 0.75 < 0.8 → clipped lower.
+    np.testing.assert_allclose(per_tok, [[-1.25, -1.25, 0.8]], rtol=1e-6)
+    np.testing.assert_array_equal(info["clipped"], [[0, 0, 1]])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("c", [None, 3.0])
+def test_ppo_random_vs_reference(x64, mode, c):
+    logp, old, adv, mask = random_batch(1, dtype=np.float64)
+    kw = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=c, loss_agg_mode=mode)
+    loss, metrics = ppo_clip_loss(logp, old, adv, mask, **kw)
+    want_tok, want = np_ppo(logp, old, adv, mask, 0.2, 0.28, c, mode)
+    np.testing.assert_allclose(loss, want["pg/loss"], atol=1e-12)
+    assert_metrics(metrics, want, atol=1e-12)
+    got_tok, _ = ppo_clip_per_token(logp, old, adv, clip_ratio_high=0.28, clip_ratio_c=c)
+    np.testing.assert_allclose(got_tok, want_tok, atol=1e-12)
+
+
+def test_ppo_loss_scale_factor(x64):
+    logp, old, adv, mask = random_batch(2, dtype=np.float64)
+    loss, _ = ppo_clip_loss(
+        logp, old, adv, mask, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=100.0
+    )
+    _, want = np_ppo(logp, old, adv, mask, mode="seq-mean-token-sum-norm", scale=100.0)
+    np.testing.assert_allclose(loss, want["pg/loss"], atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([0.05, 0.5, 3.0]),
+    c=st.sampled_from([None, 2.0, 10.0]),
+)
+def test_ppo_property_matches_reference(seed, scale, c):
+    logp, old, adv, mask = random_batch(seed, scale=scale)
+    loss, metrics = ppo_clip_loss(logp, old, adv, mask, clip_ratio_c=c)
+    _, want = np_ppo(logp, old, adv, mask, c=c)
+    np.testing.assert_allclose(loss, want["pg/loss"], rtol=1e-5, atol=1e-5)
+    assert_metrics(metrics, want, atol=1e-5)
+    assert 0.0 <= float(metrics["pg/clipfrac"]) <= 1.0
+
+
+def test_ppo_grad_zero_on_clipped_tokens():
+    logp, old, adv, mask = random_batch(3, scale=1.0)
+    mask = np.ones_like(mask)
+    _, info = ppo_clip_per_token(logp, old, adv, clip_ratio_c=3.0)
+    g = jax.grad(lambda lp: ppo_clip_loss(lp, old, adv, mask, clip_ratio_c=3.0)[0])(logp)
+    inactive = np.asarray(info["clipped"] | info["dual_clipped"])
+    assert inactive.any() and (~inactive).any()
+    np.testing.assert_array_equal(np.asarray(g)[inactive], 0.0)
+    assert np.all(np.asarray(g)[~inactive] != 0.0)
+    # unclipped tokens: d(−A·r)/d logp / N = −A·r / N (token-mean)
+    n = mask.sum()
+    want = -adv * np.exp(logp - old) / n
+    np.testing.assert_allclose(np.asarray(g)[~inactive], want[~inactive], rtol=1e-5)
+
+
+def test_ppo_check_grads(x64):
+    logp, old, adv, mask = random_batch(4, dtype=np.float64, scale=0.05)
+    for mode in MODES:
+        check_grads(
+            lambda lp, m=mode: ppo_clip_loss(lp, old, adv, mask, loss_agg_mode=m)[0],
+            (logp,),
+            order=1,
+            modes=("rev",),
+            eps=1e-6,
+        )
+
+
+def test_ppo_finite_with_inf_old_logp_and_empty_mask():
+    logp, old, adv, mask = random_batch(5)
+    old = old.copy()
+    old[2, :3] = -np.inf
+    old[3, 1] = np.inf
+    logp = logp.copy()
+    logp[4, 2] = -np.inf
+    old[4, 2] = -np.inf  # -inf - -inf = nan → treated as log-ratio 0
+    for m in (mask, np.zeros_like(mask)):
+        for mode in MODES:
+            f = lambda lp, m=m, mode=mode: ppo_clip_loss(
+                lp, old, adv, m, clip_ratio_c=3.0, loss_agg_mode=mode
+            )
+            (loss, metrics), g = jax.value_and_grad(f, has_aux=True)(logp)
+            assert np.isfinite(loss) and np.all(np.isfinite(np.asarray(g)))
+            assert all(np.isfinite(v) for v in metrics.values())
+            if not m.any():
+                assert float(loss) == 0.0 and not np.asarray(g).any()
+    # ratio is clamped to exp(±20)
+    _, info = ppo_clip_per_token(logp, old, adv)
+    np.testing.assert_allclose(info["ratio"][2, :3], np.exp(20.0), rtol=1e-6)
+    np.testing.assert_allclose(info["ratio"][3, 1], np.exp(-20.0), rtol=1e-6)
+
+
+def test_ppo_jit_and_vmap():
+    logp, old, adv, mask = random_batch(6)
+    f = jax.jit(lambda *a: ppo_clip_loss(*a, clip_ratio_c=3.0, loss_agg_mode="seq-mean-token-mean"))
+    loss, metrics = f(logp, old, adv, mask)
+    _, want = np_ppo(logp, old, adv, mask, c=3.0, mode="seq-mean-token-mean")
+    np.testing.assert_allclose(loss, want["pg/loss"], rtol=1e-5, atol=1e-6)
+    # vmap over a leading "micro-batch" axis
+    stack = [np.stack([x, x[::-1]]) for x in (logp, old, adv, mask)]
+    losses, _ = jax.vmap(lambda *a: ppo_clip_loss(*a, clip_ratio_c=3.0))(*stack)
+    for i in range(2):
+        _, w = np_ppo(*(s[i] for s in stack), c=3.0)
+        np.testing.assert_allclose(losses[i], w["pg/loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ppo_distributed(mode):
+    logp, old, adv, mask = random_batch(7, b=16, t=5)
+    assert_matches_distributed(
+        ppo_clip_loss,
+        (logp, old, adv, mask),
+        dict(clip_ratio_high=0.28, clip_ratio_c=3.0, loss_agg_mode=mode),
+        atol=1e-6,
+        grad_argnums=(0,) if mode == "token-mean" else (),
+    )
+
+
+def test_ppo_bad_input():
+    lp = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        ppo_clip_loss(lp, lp, lp, lp, loss_agg_mode="mean")
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        ppo_clip_loss(lp, lp, lp, lp, clip_ratio_c=0.5)
+    with pytest.raises(ValueError, match="clip_ratio_low"):
+        ppo_clip_loss(lp, lp, lp, lp, clip_ratio_low=-0.1)
+    with pytest.raises(ValueError, match="shape"):
+        ppo_clip_loss(lp, lp, lp, jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        ppo_clip_loss(lp[0], lp[0], lp[0], lp[0])
