@@ -9,6 +9,7 @@ from entropylab.ops.entropy import (
     logprobs_and_entropy,
     token_entropy,
 )
+from entropylab.ops.fused import fused_logprobs_and_entropy
 from entropylab.ops.masked import (
     AGG_MODES,
     aggregate,
@@ -32,6 +33,7 @@ __all__ = [
     "aggregate",
     "attention_entropy",
     "entropy_stats",
+    "fused_logprobs_and_entropy",
     "logprobs",
     "logprobs_and_entropy",
     "masked_count",
