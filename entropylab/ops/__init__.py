@@ -3,6 +3,7 @@
 No Flax; nothing here imports from the layers above.
 """
 
+from entropylab.ops import spectral
 from entropylab.ops.entropy import (
     attention_entropy,
     logprobs,
@@ -42,6 +43,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "spectral",
     "token_entropy",
     "window_entropy",
     "window_valid_mask",
