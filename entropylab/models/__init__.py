@@ -1,0 +1,32 @@
+"""Models: decoder-only transformer (Flax NNX, used functionally), RoPE scalings, HF import.
+
+cfg = TransformerConfig.tiny(vocab_size=256)
+model = Transformer(cfg, rngs=nnx.Rngs(0))
+logits, aux = model(tokens, return_attn_entropy=True)
+graphdef, state = nnx.split(model)          # at the jit boundary
+logits, aux = forward(graphdef, state, tokens)
+"""
+
+from entropylab.models.config import TransformerConfig
+from entropylab.models.rope import (
+    RopeConfig,
+    apply_rope,
+    attention_logit_scale,
+    rope_config_from_hf,
+    rope_frequencies,
+    rope_types,
+)
+from entropylab.models.transformer import KVCache, Transformer, forward
+
+__all__ = [
+    "KVCache",
+    "RopeConfig",
+    "Transformer",
+    "TransformerConfig",
+    "apply_rope",
+    "attention_logit_scale",
+    "forward",
+    "rope_config_from_hf",
+    "rope_frequencies",
+    "rope_types",
+]

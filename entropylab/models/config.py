@@ -1,0 +1,290 @@
+"""``TransformerConfig``: a frozen, keyword-only, validated description of the decoder.
+
+Presets (classmethods, each taking ``**overrides``):
+
+| preset        | d_model | layers | heads (kv) | d_ff | params (V=256) | use              |
+|---------------|---------|--------|------------|------|----------------|------------------|
+| ``smoke``     | 32      | 2      | 4 (2)      | 64   | ~35k           | unit tests       |
+| ``tiny``      | 128     | 4      | 4 (4)      | 512  | ~1.1M          | CPU studies      |
+| ``small_cpu`` | 384     | 8      | 6 (2)      | 1024 | ~12.8M         | CPU benchmarks   |
+
+Full-size HF shapes (GPU/TPU): ``llama2_7b``, ``llama3_8b``, ``llama31_8b``, ``qwen2_7b``.
+
+Derived fields (``n_kv_heads``, ``head_dim``, ``rope``) are resolved at construction, so
+``dataclasses.replace(cfg, d_model=..., n_heads=...)`` keeps the old ones unless you pass
+``head_dim=None, n_kv_heads=None, rope=None`` to re-derive them. ``rope.max_position_embeddings``
+is the RoPE's original length L (dynamic / yarn / llama3 / entropy-ABF) and may differ from
+``max_seq_len``, the model's working context (context extension trains past L).
+
+References: arXiv:2302.13971 (Llama), arXiv:2407.21783 (Llama 3), arXiv:2407.10671 (Qwen2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from entropylab.models.layers import MLPS, NORMS
+from entropylab.models.rope import RopeConfig
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _dtype_name(x, field: str) -> str:
+    try:
+        name = jnp.dtype(x).name
+    except TypeError as e:
+        raise ValueError(f"{field} must be one of {DTYPES}, got {x!r}") from e
+    if name not in DTYPES:
+        raise ValueError(f"{field} must be one of {DTYPES}, got {x!r}")
+    return name
+
+
+def _pos_int(name, v):
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Decoder-only transformer hyper-parameters (validated in ``__post_init__``).
+
+    ``n_kv_heads`` (default ``n_heads``) sets GQA/MQA; ``head_dim`` defaults to
+    ``d_model // n_heads``; ``rope`` defaults to ``RopeConfig(head_dim=head_dim,
+    max_position_embeddings=max_seq_len)``. ``learnable_attn_temperature`` adds a per-head
+    softmax temperature τ_h = exp(log τ_h) initialised at ``attn_temperature_init`` (logits are
+    divided by τ_h; arXiv:2501.03489 §3.4). ``attn_logit_softcap`` (None = off) applies
+    cap·tanh(z/cap). All weights are initialised N(0, ``init_std``²); norm scales at 1.
+    ``dtype`` is the compute dtype; logits, softmax, norms' statistics and entropies are float32.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int
+    max_seq_len: int = 2048
+    norm: str = "rmsnorm"
+    mlp: str = "swiglu"
+    tie_embeddings: bool = False
+    rope: RopeConfig | None = None
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    learnable_attn_temperature: bool = False
+    attn_temperature_init: float = 1.0
+    attn_logit_softcap: float | None = None
+    init_std: float = 0.02
+    param_dtype: Any = "float32"
+    dtype: Any = "float32"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            _pos_int(name, getattr(self, name))
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        _pos_int("n_kv_heads", self.n_kv_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"head_dim is required when n_heads ({self.n_heads}) does not divide "
+                    f"d_model ({self.d_model})"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        _pos_int("head_dim", self.head_dim)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE), got {self.head_dim}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+        if self.rope is None:
+            rope = RopeConfig(head_dim=self.head_dim, max_position_embeddings=self.max_seq_len)
+            object.__setattr__(self, "rope", rope)
+        if not isinstance(self.rope, RopeConfig):
+            raise ValueError(f"rope must be a RopeConfig or None, got {type(self.rope).__name__}")
+        if self.rope.head_dim != self.head_dim:
+            raise ValueError(
+                f"rope.head_dim ({self.rope.head_dim}) must equal head_dim ({self.head_dim})"
+            )
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
+        if not (
+            isinstance(self.attn_temperature_init, (int, float)) and self.attn_temperature_init > 0
+        ):
+            raise ValueError(
+                f"attn_temperature_init must be > 0, got {self.attn_temperature_init!r}"
+            )
+        if self.attn_logit_softcap is not None and not (
+            isinstance(self.attn_logit_softcap, (int, float)) and self.attn_logit_softcap > 0
+        ):
+            raise ValueError(
+                f"attn_logit_softcap must be None or > 0, got {self.attn_logit_softcap!r}"
+            )
+        for name in ("tie_embeddings", "qkv_bias", "learnable_attn_temperature"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))
+
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embedding counted once when tied)."""
+        d, h, hkv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
+        attn = d * hd * (2 * h + 2 * hkv) + (hd * (h + 2 * hkv) if self.qkv_bias else 0)
+        if self.learnable_attn_temperature:
+            attn += h
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
+        norm = {"rmsnorm": d, "layernorm": 2 * d, "none": 0}[self.norm]
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.n_layers * (attn + mlp + 2 * norm) + norm + emb
+
+    def with_rope(self, rope_type: str = "default", *, base: float | None = None, **params):
+        """Copy with a new RoPE (``rope_type`` + HF ``rope_scaling`` keys as ``params``)."""
+        rope = RopeConfig(
+            head_dim=self.head_dim,
+            rope_type=rope_type,
+            base=self.rope.base if base is None else base,
+            max_position_embeddings=self.max_seq_len,
+            params=params,
+        )
+        return dataclasses.replace(self, rope=rope)
+
+    # -- presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def _make(cls, base: dict, overrides: dict, rope_type="default", theta=10_000.0, **rope_p):
+        kw = {**base, **overrides}
+        if "rope" not in overrides:
+            hd = kw.get("head_dim") or kw["d_model"] // kw["n_heads"]
+            kw["rope"] = RopeConfig(
+                head_dim=hd,
+                rope_type=rope_type,
+                base=theta,
+                max_position_embeddings=kw["max_seq_len"],
+                params=rope_p,
+            )
+        return cls(**kw)
+
+    @classmethod
+    def smoke(cls, vocab_size: int = 256, **overrides) -> TransformerConfig:
+        """Seconds-scale preset for unit tests (GQA with 2 query heads per key head)."""
+        base = dict(
+            vocab_size=vocab_size,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            d_ff=64,
+            max_seq_len=64,
+        )
+        return cls._make(base, overrides)
+
+    @classmethod
+    def tiny(cls, vocab_size: int = 256, **overrides) -> TransformerConfig:
+        """≈1M-parameter CPU preset for studies (d 128, 4 layers, 4 heads, SwiGLU 512)."""
+        base = dict(
+            vocab_size=vocab_size,
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            d_ff=512,
+            max_seq_len=256,
+        )
+        return cls._make(base, overrides)
+
+    @classmethod
+    def small_cpu(cls, vocab_size: int = 256, **overrides) -> TransformerConfig:
+        """≈12M-parameter CPU benchmark preset (d 384, 8 layers, 6 heads / 2 kv, SwiGLU 1024)."""
+        base = dict(
+            vocab_size=vocab_size,
+            d_model=384,
+            n_layers=8,
+            n_heads=6,
+            n_kv_heads=2,
+            d_ff=1024,
+            max_seq_len=512,
+        )
+        return cls._make(base, overrides)
+
+    @classmethod
+    def llama2_7b(cls, **overrides) -> TransformerConfig:
+        """LLaMA-2-7B shape (the Entropy-ABF paper's base model; 4k context)."""
+        base = dict(
+            vocab_size=32000,
+            d_model=4096,
+            n_layers=32,
+            n_heads=32,
+            d_ff=11008,
+            max_seq_len=4096,
+            norm_eps=1e-5,
+            dtype="bfloat16",
+        )
+        return cls._make(base, overrides)
+
+    @classmethod
+    def llama3_8b(cls, **overrides) -> TransformerConfig:
+        """Llama-3-8B shape (GQA 32/8, θ = 500k, 8k context)."""
+        base = dict(
+            vocab_size=128256,
+            d_model=4096,
+            n_layers=32,
+            n_heads=32,
+            n_kv_heads=8,
+            d_ff=14336,
+            max_seq_len=8192,
+            norm_eps=1e-5,
+            dtype="bfloat16",
+        )
+        return cls._make(base, overrides, theta=500_000.0)
+
+    @classmethod
+    def llama31_8b(cls, **overrides) -> TransformerConfig:
+        """Llama-3.1-8B shape: Llama-3-8B with ``llama3`` RoPE scaling to 128k."""
+        base = dict(
+            vocab_size=128256,
+            d_model=4096,
+            n_layers=32,
+            n_heads=32,
+            n_kv_heads=8,
+            d_ff=14336,
+            max_seq_len=131072,
+            norm_eps=1e-5,
+            dtype="bfloat16",
+        )
+        return cls._make(
+            base,
+            overrides,
+            "llama3",
+            500_000.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        )
+
+    @classmethod
+    def qwen2_7b(cls, **overrides) -> TransformerConfig:
+        """Qwen2-7B shape (GQA 28/4, q/k/v biases, θ = 1e6, 32k context)."""
+        base = dict(
+            vocab_size=152064,
+            d_model=3584,
+            n_layers=28,
+            n_heads=28,
+            n_kv_heads=4,
+            d_ff=18944,
+            max_seq_len=32768,
+            norm_eps=1e-6,
+            qkv_bias=True,
+            dtype="bfloat16",
+        )
+        return cls._make(base, overrides, theta=1_000_000.0)

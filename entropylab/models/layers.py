@@ -1,0 +1,113 @@
+"""Transformer building blocks as ``nnx.Module``s: norms, MLPs, linear maps, embedding.
+
+All parameters live in ``param_dtype``; compute happens in ``dtype`` (params cast at use);
+normalisation statistics are taken in float32 whatever ``dtype`` is.
+
+* RMSNorm:   y = x / sqrt(mean(x²) + ε) · w                       (Llama / Qwen2, arXiv:1910.07467)
+* LayerNorm: y = (x − mean x) / sqrt(var x + ε) · w + b            (GPT-2, arXiv:1607.06450)
+* none:      y = x   (LayerNorm-free variants of arXiv:2501.03489, Table 1)
+* MLP swiglu: W_down (silu(W_gate x) ⊙ W_up x)                     (arXiv:2002.05202)
+  gelu / relu: W_down act(W_up x);  identity: W_down W_up x  (the "SM" variants of arXiv:2501.03489)
+
+References: arXiv:1910.07467, arXiv:2002.05202, arXiv:2501.03489.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORMS = ("rmsnorm", "layernorm", "none")
+MLPS = ("swiglu", "gelu", "relu", "identity")
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype=jnp.float32).astype(dtype))
+
+
+class Linear(nnx.Module):
+    """y = x W (+ b); W ``[d_in, *out_shape]`` (so heads can be a separate axis)."""
+
+    def __init__(self, d_in, out_shape, *, bias, std, param_dtype, dtype, rngs):
+        out_shape = tuple(out_shape) if isinstance(out_shape, (tuple, list)) else (out_shape,)
+        self.kernel = _normal(rngs, (d_in, *out_shape), std, param_dtype)
+        self.bias = nnx.Param(jnp.zeros(out_shape, param_dtype)) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        w = self.kernel[...].astype(self.dtype)
+        y = jnp.tensordot(x.astype(self.dtype), w, axes=((x.ndim - 1,), (0,)))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class OutLinear(nnx.Module):
+    """y = Σ_{h,k} x[..., h, k] W[h, k, :]  (attention output projection, W ``[H, d_head, D]``)."""
+
+    def __init__(self, in_shape, d_out, *, std, param_dtype, dtype, rngs):
+        self.kernel = _normal(rngs, (*in_shape, d_out), std, param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        w = self.kernel[...].astype(self.dtype)
+        return jnp.tensordot(x.astype(self.dtype), w, axes=((x.ndim - 2, x.ndim - 1), (0, 1)))
+
+
+class Norm(nnx.Module):
+    """RMSNorm / LayerNorm / identity over the last axis; statistics in float32."""
+
+    def __init__(self, d, *, kind, eps, param_dtype, dtype):
+        if kind not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+        self.kind, self.eps, self.dtype = kind, eps, dtype
+        self.scale = nnx.Param(jnp.ones((d,), param_dtype)) if kind != "none" else None
+        self.bias = nnx.Param(jnp.zeros((d,), param_dtype)) if kind == "layernorm" else None
+
+    def __call__(self, x):
+        if self.kind == "none":
+            return x.astype(self.dtype)
+        xf = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        # HF Llama casts to the input dtype before multiplying by the weight.
+        y = y.astype(self.dtype) * self.scale[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward block (see module docstring for the variants)."""
+
+    def __init__(self, d_model, d_ff, *, kind, std, param_dtype, dtype, rngs):
+        if kind not in MLPS:
+            raise ValueError(f"mlp must be one of {MLPS}, got {kind!r}")
+        kw = dict(bias=False, std=std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.kind = kind
+        self.gate = Linear(d_model, d_ff, **kw) if kind == "swiglu" else None
+        self.up = Linear(d_model, d_ff, **kw)
+        self.down = Linear(d_ff, d_model, **kw)
+
+    def __call__(self, x):
+        h = self.up(x)
+        if self.kind == "swiglu":
+            h = jax.nn.silu(self.gate(x)) * h
+        elif self.kind == "gelu":
+            h = jax.nn.gelu(h, approximate=False)
+        elif self.kind == "relu":
+            h = jax.nn.relu(h)
+        return self.down(h)
+
+
+class Embed(nnx.Module):
+    """Token embedding table ``[V, D]``; ``attend`` gives h Eᵀ for tied output logits."""
+
+    def __init__(self, vocab_size, d_model, *, std, param_dtype, dtype, rngs):
+        self.embedding = _normal(rngs, (vocab_size, d_model), std, param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, tokens):
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
