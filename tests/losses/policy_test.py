@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from entropylab.losses import ppo_clip_loss, ppo_clip_per_token
+from entropylab.losses import (
+    cispo_loss,
+    gspo_loss,
+    ppo_clip_loss,
+    ppo_clip_per_token,
+    reinforce_loss,
+)
 
 MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -244,3 +250,171 @@ def test_ppo_bad_input():
         ppo_clip_loss(lp, lp, lp, jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         ppo_clip_loss(lp[0], lp[0], lp[0], lp[0])
+
+
+# ----------------------------------------------------------- REINFORCE / GSPO / CISPO
+def np_reinforce(logp, old, adv, mask, is_=False, mode="token-mean"):
+    logp, old, adv = (np.asarray(a, np.float64) for a in (logp, old, adv))
+    lr = np.clip(logp - old, -20, 20)
+    w = np.exp(lr) if is_ else 1.0
+    return np_agg(-adv * w * logp, mask, mode), np_mean(-lr, mask)
+
+
+def np_gspo(logp, old, adv, mask, eps_l=3e-4, eps_h=4e-4, mode="seq-mean-token-mean"):
+    """verl ``compute_policy_loss_gspo`` (values; gradient checked separately)."""
+    logp, old, adv = (np.asarray(a, np.float64) for a in (logp, old, adv))
+    m = np.asarray(mask, np.float64)
+    d = logp - old
+    n = np.maximum(m.sum(-1), 1)
+    s = np.exp(np.minimum((d * m).sum(-1) / n, 10.0))[:, None] * np.ones_like(d)
+    l1 = -adv * s
+    l2 = -adv * np.clip(s, 1 - eps_l, 1 + eps_h)
+    return np_agg(np.maximum(l1, l2), mask, mode), np_mean(l2 > l1, mask), np_mean(-d, mask)
+
+
+def np_cispo(logp, old, adv, mask, eps_l=None, eps_h=0.2, mode="token-mean"):
+    logp, old, adv = (np.asarray(a, np.float64) for a in (logp, old, adv))
+    lr = np.clip(logp - old, -20, 20)
+    r = np.exp(lr)
+    rc = np.clip(r, -np.inf if eps_l is None else 1 - eps_l, 1 + eps_h)
+    return np_agg(-rc * adv * logp, mask, mode), np_mean(r != rc, mask), np_mean(-lr, mask)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reinforce_vs_reference(x64, mode):
+    logp, old, adv, mask = random_batch(10, dtype=np.float64)
+    for is_ in (False, True):
+        loss, met = reinforce_loss(
+            logp, old, adv, mask, importance_sampling=is_, loss_agg_mode=mode
+        )
+        want, kl = np_reinforce(logp, old, adv, mask, is_, mode)
+        np.testing.assert_allclose(loss, want, atol=1e-12)
+        np.testing.assert_allclose(met["pg/ppo_kl"], kl, atol=1e-12)
+        assert float(met["pg/loss"]) == float(loss)
+
+
+def test_reinforce_gradient(x64):
+    logp, old, adv, mask = random_batch(11, dtype=np.float64)
+    n = mask.sum()
+    g = jax.grad(lambda lp: reinforce_loss(lp, old, adv, mask)[0])(logp)
+    np.testing.assert_allclose(g, np.where(mask, -adv / n, 0.0), atol=1e-12)
+    # importance-sampled: the gradient equals that of the unclipped surrogate −A·r
+    g_is = jax.grad(lambda lp: reinforce_loss(lp, old, adv, mask, importance_sampling=True)[0])(
+        logp
+    )
+    np.testing.assert_allclose(g_is, np.where(mask, -adv * np.exp(logp - old) / n, 0), atol=1e-12)
+    check_grads(lambda lp: reinforce_loss(lp, old, adv, mask)[0], (logp,), 1, modes=("rev",))
+
+
+def test_gspo_hand_case():
+    # one sequence of 2 tokens with log-ratios 0.1 and 0.3 → s = exp(0.2); A = 1.
+    lp = np.array([[-1.0, -2.0, -5.0]])
+    old = lp - np.array([[0.1, 0.3, 7.0]])
+    mask = np.array([[1, 1, 0]])
+    adv = np.ones_like(lp)
+    loss, met = gspo_loss(lp, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.28)
+    np.testing.assert_allclose(loss, -np.exp(0.2), rtol=1e-6)  # 1.221 < 1.28: not clipped
+    assert float(met["pg/clipfrac"]) == 0.0
+    np.testing.assert_allclose(met["pg/seq_ratio_mean"], np.exp(0.2), rtol=1e-6)
+    # gradient: s·∇logp_t / n_tokens (seq-mean-token-mean over one sequence of 2 tokens)
+    g = jax.grad(
+        lambda x: gspo_loss(x, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.28)[0]
+    )(lp)
+    np.testing.assert_allclose(g, [[-np.exp(0.2) / 2, -np.exp(0.2) / 2, 0.0]], rtol=1e-6)
+    # default (paper) clip 3e-4/4e-4: the whole sequence is clipped → zero gradient
+    loss, met = gspo_loss(lp, old, adv, mask)
+    np.testing.assert_allclose(loss, -(1 + 4e-4), rtol=1e-6)
+    assert float(met["pg/clipfrac"]) == 1.0
+    g = jax.grad(lambda x: gspo_loss(x, old, adv, mask)[0])(lp)
+    np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gspo_vs_reference(x64, mode):
+    logp, old, adv, mask = random_batch(12, dtype=np.float64, scale=0.2)
+    adv = np.repeat(adv[:, :1], adv.shape[1], axis=1)  # sequence-level advantage
+    kw = dict(clip_ratio_low=0.05, clip_ratio_high=0.08, loss_agg_mode=mode)
+    loss, met = gspo_loss(logp, old, adv, mask, **kw)
+    want, clipfrac, kl = np_gspo(logp, old, adv, mask, 0.05, 0.08, mode)
+    np.testing.assert_allclose(loss, want, atol=1e-12)
+    np.testing.assert_allclose(met["pg/clipfrac"], clipfrac, atol=1e-12)
+    np.testing.assert_allclose(met["pg/ppo_kl"], kl, atol=1e-12)
+    assert float(met["pg/clipfrac_lower"]) == 0.0
+
+
+def test_gspo_gradient_is_sequence_level(x64):
+    """Unclipped GSPO gradient per token = −A_i·s_i·∇logp_t / (n_i · #seqs), s_i sg'd."""
+    logp, old, adv, mask = random_batch(13, dtype=np.float64, scale=0.05)
+    adv = np.repeat(adv[:, :1], adv.shape[1], axis=1)
+    kw = dict(clip_ratio_low=10.0, clip_ratio_high=10.0)  # never clipped
+    g = jax.grad(lambda lp: gspo_loss(lp, old, adv, mask, **kw)[0])(logp)
+    m = mask.astype(np.float64)
+    n = m.sum(-1)
+    valid = n > 0
+    s = np.exp((np.clip(logp - old, -20, 20) * m).sum(-1) / np.maximum(n, 1))
+    want = -adv * s[:, None] * m / np.maximum(n, 1)[:, None] / valid.sum()
+    np.testing.assert_allclose(g, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("eps_l", [None, 0.2])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum-norm"])
+def test_cispo_vs_reference(x64, eps_l, mode):
+    logp, old, adv, mask = random_batch(14, dtype=np.float64, scale=0.5)
+    loss, met = cispo_loss(
+        logp, old, adv, mask, clip_ratio_low=eps_l, clip_ratio_high=0.2, loss_agg_mode=mode
+    )
+    want, clipfrac, kl = np_cispo(logp, old, adv, mask, eps_l, 0.2, mode)
+    np.testing.assert_allclose(loss, want, atol=1e-12)
+    np.testing.assert_allclose(met["pg/clipfrac"], clipfrac, atol=1e-12)
+    np.testing.assert_allclose(met["pg/ppo_kl"], kl, atol=1e-12)
+
+
+def test_cispo_keeps_gradient_of_clipped_tokens(x64):
+    lp = np.log(np.array([[2.0, 0.5, 1.0]]))
+    old = np.zeros_like(lp)
+    adv = np.array([[1.0, -1.0, 1.0]])
+    mask = np.ones_like(lp)
+    g = jax.grad(lambda x: cispo_loss(x, old, adv, mask, clip_ratio_low=0.2)[0])(lp)
+    # r̂ = (1.2, 0.8, 1.0); ∇ = −r̂·A / 3: nonzero even where PPO would zero it
+    np.testing.assert_allclose(g, [[-1.2 / 3, 0.8 / 3, -1.0 / 3]], rtol=1e-12)
+    g_ppo = jax.grad(lambda x: ppo_clip_loss(x, old, adv, mask)[0])(lp)
+    np.testing.assert_allclose(g_ppo[0, :2], 0.0)
+
+
+@pytest.mark.parametrize("fn", [reinforce_loss, gspo_loss, cispo_loss])
+def test_finite_with_inf_and_empty_mask(fn):
+    logp, old, adv, mask = random_batch(15)
+    old = old.copy()
+    old[2, :2] = -np.inf
+    logp = logp.copy()
+    logp[5, 3] = -np.inf  # a -inf logp on a padded position
+    mask = mask.copy()
+    mask[5, 3] = False
+    for m in (mask, np.zeros_like(mask)):
+        (loss, met), g = jax.value_and_grad(lambda lp, m=m: fn(lp, old, adv, m), has_aux=True)(logp)
+        assert np.isfinite(loss) and np.all(np.isfinite(np.asarray(g)))
+        assert all(np.isfinite(v) for v in met.values())
+        if not m.any():
+            assert float(loss) == 0.0 and not np.asarray(g).any()
+
+
+def test_jit_vmap_other_losses():
+    logp, old, adv, mask = random_batch(16)
+    for fn in (reinforce_loss, gspo_loss, cispo_loss):
+        eager = fn(logp, old, adv, mask)[0]
+        np.testing.assert_allclose(jax.jit(fn)(logp, old, adv, mask)[0], eager, rtol=1e-6)
+        stack = [np.stack([x, x]) for x in (logp, old, adv, mask)]
+        np.testing.assert_allclose(jax.vmap(fn)(*stack)[0], [eager, eager], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fn,kw",
+    [
+        (reinforce_loss, dict(importance_sampling=True, loss_agg_mode="seq-mean-token-sum")),
+        (gspo_loss, dict(clip_ratio_low=0.05, clip_ratio_high=0.05)),
+        (cispo_loss, dict(clip_ratio_low=0.2)),
+    ],
+)
+def test_other_losses_distributed(fn, kw):
+    logp, old, adv, mask = random_batch(17, b=16, t=5)
+    assert_matches_distributed(fn, (logp, old, adv, mask), kw, atol=1e-6, grad_argnums=(0,))
