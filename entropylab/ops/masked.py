@@ -68,7 +68,9 @@ def masked_var(values, mask, axis=None, *, unbiased=True, axis_name=None) -> jax
     mean = masked_mean(values, m, axis, axis_name=axis_name)
     if axis is not None:
         mean = jnp.expand_dims(mean, axis)
-    sq = masked_sum(jnp.square(values - mean), m, axis, axis_name=axis_name)
+    # Select *before* squaring: a NaN/inf under a zero mask must not reach the gradient
+    # (0 · ∂(x − x̄)² = 0 · NaN otherwise).
+    sq = masked_sum(jnp.square(jnp.where(m, values - mean, 0)), m, axis, axis_name=axis_name)
     n = masked_count(m, axis, axis_name=axis_name, dtype=sq.dtype)
     den = jnp.where(n > 1, n - 1, 0) if unbiased else n
     return _safe_div(sq, den)
@@ -84,7 +86,7 @@ def masked_whiten(values, mask, *, shift_mean=True, eps=1e-8, axis_name=None) ->
     m = _as_mask(mask, values)
     mean = masked_mean(values, m, axis_name=axis_name)
     var = masked_var(values, m, axis_name=axis_name)
-    out = (values - mean) * jax.lax.rsqrt(var + eps)
+    out = jnp.where(m, values - mean, 0) * jax.lax.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return jnp.where(m, out, 0)
