@@ -203,7 +203,7 @@ def gae_advantages(
         next_a = jnp.where(m_t, a_t, next_a)
         return (next_v, next_a), next_a
 
-    zeros = jnp.zeros(rewards.shape[:1], dtype)
+    zeros = jnp.zeros_like(rewards[:, 0])  # inherits the shard_map varying type of the batch
     xs = (rewards.T, values.T, m.T)
     _, adv_t = jax.lax.scan(step, (zeros, zeros), xs, reverse=True)
     adv = adv_t.T

@@ -71,7 +71,9 @@ def kl_penalty(logp, ref_logp, *, kind: str = "low_var_kl") -> jax.Array:
     Computed in at least float32. An ``inf − inf`` difference (both log-probs ``-inf``) is taken
     as 0 so masked padding never produces NaN values or gradients. ``kind`` ending in ``+``
     (e.g. ``"k3+"``) returns the estimator's value with the k2 gradient (verl's straight-through
-    form: ``k2 − sg(k2) + sg(k)``); ``"k2+"``/``"mse+"`` equal ``"k2"``.
+    form: ``k2 − sg(k2) + sg(k)``, with the log-ratio in the k2 gradient carrier clamped to ±20
+    so it stays finite); ``"k2+"``/``"mse+"`` equal ``"k2"``. ``k1``/``abs``/``k2`` of a ``−inf``
+    log-prob are infinite, as the estimators are: mask such tokens out.
 
     Shapes: ``logp``, ``ref_logp`` any equal shape (usually ``[B, T]``); returns that shape.
     """
@@ -89,7 +91,9 @@ def kl_penalty(logp, ref_logp, *, kind: str = "low_var_kl") -> jax.Array:
     value = _forward(logp, ref_logp, base)
     if not straight_through or base == "k2":
         return value
-    k2 = _forward(logp, ref_logp, "k2")
+    # Gradient carrier ½·clip(logp − ref_logp, ±20)²: finite for a −inf log-prob (verl leaves the
+    # difference unclamped; identical whenever |logp − ref_logp| ≤ 20).
+    k2 = 0.5 * jnp.square(jnp.clip(logp - ref_logp, -20.0, 20.0))
     return k2 - jax.lax.stop_gradient(k2) + jax.lax.stop_gradient(value)
 
 
