@@ -1,0 +1,347 @@
+"""HAPO (Heterogeneous Adaptive PO): token-entropy-aware sampling, advantages and clipping.
+
+Normalised entropy score ĥ (shared by the four components), over the valid tokens of a batch::
+
+    ℓ_t = log max(H_t, 1e-8)
+    μ   = Q_pivot(ℓ)                                pivot quantile (0.8), "nearest" interpolation
+    σ   = sqrt(mean((ℓ − μ)²))                      RMS around the pivot
+    h_t = (ℓ_t − μ) / σ
+    ĥ_t = h_t / max_{h>0} h          if h_t > 0                 (∈ (0, 1])
+    ĥ_t = h_t / |min_{h<0} h|        if h_t ≤ 0                 (∈ [−1, 0], paper)
+
+Released-code mismatch: the code multiplies below-pivot tokens by ``1 / min_{h<0} h`` (a
+negative number), so every token gets ĥ ≥ 0 and the low-entropy branches below only fire at the
+pivot itself. ``negative_scale="code"`` reproduces that; the default ``"paper"`` gives
+ĥ ∈ [−1, 1] as the method describes.
+
+Components:
+
+1. Adaptive Temperature Sampling (sampler): ``T'_t = T · (1 + τ · clamp(ĥ_t, −1, 1))`` with
+   τ = 0.05 and the normalisation constants of the *previous* step's rollout batch
+   (:func:`hapo_entropy_stats` → :func:`hapo_temperature`).
+2. Token-Level Group Average (:func:`hapo_token_group_advantages`): length-weighted group mean and
+   population std; groups with any |A| ≥ 5 fall back to standard GRPO.
+3. Differential Advantage Redistribution: ``A^ent = A (1 + β ĥ)``; neutral band
+   ``N = (1 − ε_l'/2, 1 + ε_h'/2)``; ĥ > 0: A^ent outside N, A inside; ĥ ≤ 0: A^ent inside N,
+   A outside.
+4. Asymmetric Adaptive Clipping: ĥ > 0: ``ε_h' = ε_h (1 + α ĥ)``; ĥ ≤ 0: ``ε_l' = ε_l (1 − α ĥ)``.
+
+ĥ, clip ranges and advantages carry no gradient. In the loss ĥ is computed from the current
+policy's token entropies over the whole (global with ``axis_name``) batch; the release uses the
+micro-batch.
+
+References: arXiv:2509.16591; code ``starriver030515/HAPO`` (``core_algos.py``,
+``vllm/v1/sample/sampler.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from entropylab.losses.policy import ppo_clip_per_token
+from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_quantile
+
+__all__ = [
+    "HapoEntropyStats",
+    "hapo_adaptive_clip",
+    "hapo_entropy_score",
+    "hapo_entropy_stats",
+    "hapo_loss",
+    "hapo_redistribute_advantages",
+    "hapo_score_from_stats",
+    "hapo_temperature",
+    "hapo_token_group_advantages",
+]
+
+_NEG_SCALES = ("paper", "code")
+_INTERP = ("nearest", "linear")
+
+
+class HapoEntropyStats(NamedTuple):
+    """Normalisation constants of ĥ: pivot μ, RMS σ, positive scale, |negative| scale (scalars)."""
+
+    mu: jax.Array
+    sigma: jax.Array
+    max_pos: jax.Array
+    min_neg: jax.Array
+
+
+def _nearest_quantile(values, mask, q, axis_name):
+    v = jax.lax.stop_gradient(jnp.asarray(values)).reshape(-1)
+    m = (jnp.asarray(mask) != 0).reshape(-1)
+    if axis_name is not None:
+        v = jax.lax.all_gather(v, axis_name, tiled=True)
+        m = jax.lax.all_gather(m, axis_name, tiled=True)
+    srt = jnp.sort(jnp.where(m, v, jnp.inf))
+    n = jnp.sum(m)
+    idx = jnp.round(q * jnp.maximum(n - 1, 0).astype(jnp.float32)).astype(jnp.int32)
+    res = srt[jnp.clip(idx, 0, v.shape[0] - 1)]
+    return jnp.where(n > 0, res, jnp.zeros_like(res))
+
+
+def hapo_entropy_stats(
+    entropy, mask, *, pivot: float = 0.8, interpolation: str = "nearest", axis_name=None
+) -> HapoEntropyStats:
+    """Normalisation constants of ĥ from token entropies ``[B, T]`` (global with ``axis_name``).
+
+    ``interpolation="nearest"`` is the release's ``torch.quantile(..., interpolation="nearest")``
+    (round-half-to-even position, as NumPy); ``"linear"`` is NumPy's default. Empty mask →
+    μ = 0, σ = 1 and unit scales.
+    """
+    if not 0.0 <= pivot <= 1.0:
+        raise ValueError(f"pivot must be in [0, 1], got {pivot}")
+    if interpolation not in _INTERP:
+        raise ValueError(f"interpolation must be one of {_INTERP}, got {interpolation!r}")
+    h = jax.lax.stop_gradient(jnp.asarray(entropy))
+    h = h.astype(jnp.result_type(h.dtype, jnp.float32))
+    m = jnp.asarray(mask) != 0
+    ell = jnp.log(jnp.maximum(h, 1e-8))
+    if interpolation == "nearest":
+        mu = _nearest_quantile(ell, m, pivot, axis_name).astype(ell.dtype)
+    else:
+        mu = masked_quantile(ell, m, pivot, axis_name=axis_name).astype(ell.dtype)
+    sigma = jnp.sqrt(masked_mean(jnp.square(ell - mu), m, axis_name=axis_name))
+    sigma = jnp.where(sigma > 0, sigma, 1.0)
+    hz = jnp.where(m, (ell - mu) / sigma, 0.0)
+    max_pos = jnp.max(jnp.where(m & (hz > 0), hz, 0.0))
+    min_neg = jnp.min(jnp.where(m & (hz < 0), hz, 0.0))
+    if axis_name is not None:
+        max_pos = jax.lax.pmax(max_pos, axis_name)
+        min_neg = jax.lax.pmin(min_neg, axis_name)
+    max_pos = jnp.where(max_pos > 0, max_pos, 1.0)
+    min_neg = jnp.where(min_neg < 0, -min_neg, 1.0)
+    return HapoEntropyStats(mu=mu, sigma=sigma, max_pos=max_pos, min_neg=min_neg)
+
+
+def hapo_score_from_stats(entropy, stats: HapoEntropyStats, *, negative_scale: str = "paper"):
+    """ĥ of any entropy array given precomputed constants (elementwise; no gradient)."""
+    if negative_scale not in _NEG_SCALES:
+        raise ValueError(f"negative_scale must be one of {_NEG_SCALES}, got {negative_scale!r}")
+    h = jax.lax.stop_gradient(jnp.asarray(entropy))
+    h = h.astype(jnp.result_type(h.dtype, jnp.float32))
+    hz = (jnp.log(jnp.maximum(h, 1e-8)) - stats.mu) / stats.sigma
+    neg = hz / stats.min_neg if negative_scale == "paper" else -hz / stats.min_neg
+    return jnp.where(hz > 0, hz / stats.max_pos, neg)
+
+
+def hapo_entropy_score(
+    entropy,
+    mask,
+    *,
+    pivot: float = 0.8,
+    negative_scale: str = "paper",
+    interpolation: str = "nearest",
+    axis_name=None,
+) -> jax.Array:
+    """Normalised entropy score ĥ ``[B, T]`` (0 on masked tokens). See the module docstring.
+
+    With ``negative_scale="paper"`` ĥ ∈ [−1, 1] on the batch it was computed from; with
+    ``"code"`` ĥ ∈ [0, 1].
+    """
+    stats = hapo_entropy_stats(
+        entropy, mask, pivot=pivot, interpolation=interpolation, axis_name=axis_name
+    )
+    s = hapo_score_from_stats(entropy, stats, negative_scale=negative_scale)
+    return jnp.where(jnp.asarray(mask) != 0, s, 0.0)
+
+
+def hapo_temperature(
+    entropy,
+    stats: HapoEntropyStats | None,
+    *,
+    base_temperature: float = 1.0,
+    tau: float = 0.05,
+    negative_scale: str = "paper",
+) -> jax.Array:
+    """Adaptive Temperature Sampling: ``T' = T · (1 + τ · clamp(ĥ, −1, 1))``.
+
+    ``entropy``: entropy of the next-token distribution at each decoding row (``[B]``), computed
+    from the raw logits (before temperature) as the release does. ``stats``: constants from the
+    previous step's rollout batch; ``None`` (first step) → no adaptation.
+    """
+    if not base_temperature > 0:
+        raise ValueError(f"base_temperature must be > 0, got {base_temperature}")
+    if not 0 <= tau < 1:
+        raise ValueError(f"tau must be in [0, 1), got {tau}")
+    h = jnp.asarray(entropy)
+    dt = jnp.result_type(h.dtype, jnp.float32)
+    if stats is None:
+        return jnp.full(h.shape, base_temperature, dt)
+    s = hapo_score_from_stats(h, stats, negative_scale=negative_scale)
+    return (base_temperature * (1.0 + tau * jnp.clip(s, -1.0, 1.0))).astype(dt)
+
+
+def hapo_token_group_advantages(
+    rewards, mask, *, group_size: int, eps: float = 1e-6, fallback_threshold: float = 5.0
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Token-Level Group Average advantages, broadcast to ``[B, T]``.
+
+    Groups are ``group_size`` consecutive rows. With n_i = Σ_t m_{i,t}::
+
+        μ_g = Σ_i n_i R_i / Σ_i n_i,   σ_g = sqrt(Σ_i n_i (R_i − μ_g)² / Σ_i n_i)
+        A_i = (R_i − μ_g) / (σ_g + eps)
+
+    If any |A_i| ≥ ``fallback_threshold`` in a group (or the group has no valid token), that
+    group uses the GRPO advantage ``(R_i − mean R) / (std_unbiased R + eps)`` (size 1: mean 0,
+    std 1). Masked tokens get 0. Groups live on one device, so there is no ``axis_name``.
+
+    Shapes: ``rewards`` ``[B]``, ``mask`` ``[B, T]``; B a multiple of ``group_size``.
+    """
+    r = jnp.asarray(rewards)
+    r = r.astype(jnp.result_type(r.dtype, jnp.float32))
+    m = jnp.asarray(mask) != 0
+    if r.ndim != 1 or m.ndim != 2 or m.shape[0] != r.shape[0]:
+        raise ValueError(f"rewards must be [B] and mask [B, T], got {r.shape}, {m.shape}")
+    if group_size < 1 or r.shape[0] % group_size:
+        raise ValueError(f"group_size must be >= 1 and divide B={r.shape[0]}, got {group_size}")
+    g = r.reshape(-1, group_size)
+    n = jnp.sum(m, -1).astype(r.dtype).reshape(-1, group_size)
+    tot = jnp.sum(n, -1, keepdims=True)
+    ok = tot > 0
+    tot_s = jnp.where(ok, tot, 1.0)
+    mu = jnp.sum(n * g, -1, keepdims=True) / tot_s
+    sd = jnp.sqrt(jnp.sum(n * jnp.square(g - mu), -1, keepdims=True) / tot_s)
+    a_tok = (g - mu) / (sd + eps)
+    if group_size > 1:
+        gm = jnp.mean(g, -1, keepdims=True)
+        gs = jnp.std(g, -1, keepdims=True, ddof=1)
+    else:
+        gm, gs = jnp.zeros_like(g), jnp.ones_like(g)
+    a_grpo = (g - gm) / (gs + eps)
+    fallback = (~ok) | jnp.any(jnp.abs(a_tok) >= fallback_threshold, -1, keepdims=True)
+    a = jnp.where(fallback, a_grpo, a_tok).reshape(-1)
+    out = jnp.where(m, a[:, None], 0.0)
+    return out, {"hapo/fallback_group_frac": jnp.mean(fallback.astype(r.dtype))}
+
+
+def hapo_adaptive_clip(
+    score, *, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2, clip_alpha: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Asymmetric Adaptive Clipping: per-token ``(ε_l', ε_h')`` from ĥ.
+
+    ĥ > 0: ``ε_h' = ε_h (1 + α ĥ)``, ``ε_l' = ε_l``; ĥ ≤ 0: ``ε_l' = ε_l (1 − α ĥ)``,
+    ``ε_h' = ε_h``.
+    """
+    s = jax.lax.stop_gradient(jnp.asarray(score))
+    pos = s > 0
+    eps_h = jnp.where(pos, clip_ratio_high * (1.0 + clip_alpha * s), clip_ratio_high)
+    eps_l = jnp.where(pos, clip_ratio_low, clip_ratio_low * (1.0 - clip_alpha * s))
+    return eps_l, eps_h
+
+
+def hapo_redistribute_advantages(
+    advantages, score, ratio, eps_low, eps_high, *, adv_beta: float = 1.0
+) -> jax.Array:
+    """Differential Advantage Redistribution (no gradient through any input but A's value).
+
+    ``A^ent = A (1 + β ĥ)``; inside = ``1 − ε_l'/2 < r < 1 + ε_h'/2``; ĥ > 0 uses A^ent outside
+    the band, ĥ ≤ 0 uses A^ent inside it.
+    """
+    s = jax.lax.stop_gradient(jnp.asarray(score))
+    r = jax.lax.stop_gradient(jnp.asarray(ratio))
+    adv = jnp.asarray(advantages)
+    a_ent = adv * (1.0 + adv_beta * s)
+    inside = (r > 1.0 - eps_low / 2.0) & (r < 1.0 + eps_high / 2.0)
+    use_ent = jnp.where(s > 0, ~inside, inside)
+    return jnp.where(use_ent, a_ent, adv)
+
+
+def hapo_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    entropy,
+    pivot: float = 0.8,
+    adaptive_clip: bool = True,
+    clip_alpha: float = 1.0,
+    adaptive_advantage: bool = True,
+    adv_beta: float = 1.0,
+    negative_scale: str = "paper",
+    interpolation: str = "nearest",
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    clip_ratio_c: float | None = 10.0,
+    log_ratio_clamp: float = 20.0,
+    loss_agg_mode: str = "token-mean",
+    loss_scale_factor: float | None = None,
+    axis_name=None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """HAPO policy loss: ĥ → adaptive clip ranges → redistributed advantages → PPO clip (+ dual).
+
+    Per token, with ε_l', ε_h' from :func:`hapo_adaptive_clip` (or ε_l, ε_h if
+    ``adaptive_clip=False``) and A' from :func:`hapo_redistribute_advantages` (or A)::
+
+        ℓ = max(−A' r, −A' clip(r, 1 − ε_l', 1 + ε_h')),   ℓ = min(ℓ, −A' c) for A' < 0
+
+    The per-token clip ranges are arrays, which :func:`ppo_clip_per_token` (scalar ε) does not
+    take, so the clipped branch is evaluated here with the ratio ``ppo_clip_per_token`` returns.
+    Defaults follow the release script: ε 0.2/0.2, c = 10, α = β = 1, pivot 0.8.
+
+    Shapes: all ``[B, T]``; ``entropy`` is the current policy's token entropy (no gradient).
+    """
+    if loss_agg_mode not in AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 or None, got {clip_ratio_c}")
+    logp = jnp.asarray(logp)
+    if logp.ndim != 2:
+        raise ValueError(f"hapo_loss expects [B, T] inputs, got {logp.shape}")
+    score = hapo_entropy_score(
+        entropy,
+        mask,
+        pivot=pivot,
+        negative_scale=negative_scale,
+        interpolation=interpolation,
+        axis_name=axis_name,
+    )
+    if adaptive_clip:
+        eps_l, eps_h = hapo_adaptive_clip(
+            score,
+            clip_ratio_low=clip_ratio_low,
+            clip_ratio_high=clip_ratio_high,
+            clip_alpha=clip_alpha,
+        )
+    else:
+        eps_l = jnp.full(score.shape, clip_ratio_low, score.dtype)
+        eps_h = jnp.full(score.shape, clip_ratio_high, score.dtype)
+    _, info = ppo_clip_per_token(
+        logp, old_logp, jnp.zeros_like(logp), log_ratio_clamp=log_ratio_clamp
+    )
+    ratio = info["ratio"]
+    adv = jnp.asarray(advantages)
+    if adaptive_advantage:
+        adv = hapo_redistribute_advantages(adv, score, ratio, eps_l, eps_h, adv_beta=adv_beta)
+    adv = jax.lax.stop_gradient(adv)
+    loss1 = -adv * ratio
+    loss2 = -adv * jnp.clip(ratio, 1.0 - eps_l, 1.0 + eps_h)
+    clipped = loss2 > loss1
+    per_tok = jnp.maximum(loss1, loss2)
+    neg = adv < 0
+    if clip_ratio_c is not None:
+        loss3 = -adv * clip_ratio_c
+        dual = neg & (per_tok > loss3)
+        per_tok = jnp.where(neg, jnp.minimum(per_tok, loss3), per_tok)
+    else:
+        dual = jnp.zeros_like(clipped)
+    loss = aggregate(
+        per_tok, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
+    )
+    f = loss.dtype
+    m = jnp.asarray(mask) != 0
+    n_pos = masked_count(m & (score > 0), axis_name=axis_name, dtype=f)
+    metrics = {
+        "pg/loss": loss,
+        "pg/clipfrac": masked_mean(clipped.astype(f), m, axis_name=axis_name),
+        "pg/clipfrac_lower": masked_mean(dual.astype(f), m, axis_name=axis_name),
+        "pg/ppo_kl": jax.lax.stop_gradient(masked_mean(-jnp.log(ratio), m, axis_name=axis_name)),
+        "hapo/score_mean": masked_mean(score, m, axis_name=axis_name),
+        "hapo/high_entropy_frac": n_pos / jnp.maximum(masked_count(m, axis_name=axis_name), 1.0),
+        "hapo/eps_high_mean": masked_mean(eps_h, m, axis_name=axis_name),
+        "hapo/eps_low_mean": masked_mean(eps_l, m, axis_name=axis_name),
+    }
+    return loss, metrics
