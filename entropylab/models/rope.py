@@ -15,6 +15,8 @@ partial_rotary_factor) and wavelength λ_i = 2π/θ_i. Types:
 * ``dynamic``     dynamic NTK: with n = max(seq_len, L), L = ``max_position_embeddings``,
                   b' = b · (factor·n/L − (factor − 1))^(d/(d−2)); identical to default for n ≤ L.
                   ``seq_len`` is HF's ``max(position_ids) + 1`` (a Python int or a traced scalar).
+                  Stateless: HF's module also keeps a grown cache until the length drops below L;
+                  here the frequencies always follow the current ``seq_len``.
 * ``yarn``        NTK-by-parts ramp r_i = clamp((i − low)/(high − low), 0, 1) over the correction
                   range of ``beta_fast``/``beta_slow`` rotations, θ_i' = r_i θ_i/s + (1 − r_i) θ_i;
                   attention_factor = 0.1·ln s + 1 (or mscale ratio, or given).
@@ -115,6 +117,12 @@ def _rot_dim(head_dim: int, partial_rotary_factor: float) -> int:
     return dim
 
 
+def _freeze(v):
+    if hasattr(v, "tolist") and not isinstance(v, (int, float, bool)):  # NumPy / JAX arrays
+        v = v.tolist()
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def _resolve(rope_type: str, head_dim: int, base, max_position_embeddings, params: Mapping):
     """Validate ``params`` for ``rope_type``; return (spec, rot_dim, resolved params)."""
     spec = get_rope_type(rope_type)
@@ -138,7 +146,7 @@ def _resolve(rope_type: str, head_dim: int, base, max_position_embeddings, param
             f"got {max_position_embeddings!r}"
         )
     p = {**_COMMON_DEFAULTS, **spec.defaults}
-    p.update({k: v for k, v in params.items() if v is not None})
+    p.update({k: _freeze(v) for k, v in params.items() if v is not None})
     dim = _rot_dim(head_dim, p["partial_rotary_factor"])
     if "factor" in p and p["factor"] is not None:
         f = p["factor"]
@@ -408,10 +416,6 @@ def rope_frequencies(
 # Config
 
 
-def _freeze(v):
-    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RopeConfig:
     """A validated, hashable RoPE configuration (usable as a static jit argument).
@@ -507,7 +511,8 @@ def attention_logit_scale(rope_cfg: RopeConfig | None, positions, layer_idx):
                 = max(1, ln i / ln L_orig)       otherwise,   i = position + 1 (1-based)
 
     The attention multiplies q·k (equivalently the rotated query) by t: logits[b, h, i, j] ·
-    t[b, i]. L_orig = ``original_max_position_embeddings`` (4096 for LLaMA-2).
+    t[b, i]. L_orig = ``original_max_position_embeddings`` (4096 for LLaMA-2; like HF's yarn it
+    falls back to ``max_position_embeddings``, so set it when the latter is the extended length).
 
     Args:
       rope_cfg: a :class:`RopeConfig`; types other than ``entropy_abf`` return None.

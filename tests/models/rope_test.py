@@ -566,6 +566,15 @@ def test_rope_config_from_hf_variants():
         )
     with pytest.raises(ValueError, match="head_dim"):
         rope_config_from_hf({"rope_theta": 1e4})
+    # array-valued params are frozen to tuples (hashable, usable as a static jit argument)
+    c = RopeConfig(
+        head_dim=8,
+        rope_type="longrope",
+        max_position_embeddings=64,
+        params={"short_factor": np.ones(4), "long_factor": np.full(4, 2.0), "factor": 2.0},
+    )
+    assert c.param_dict["long_factor"] == (2.0,) * 4 and isinstance(hash(c), int)
+    np.testing.assert_allclose(c.frequencies(seq_len=65)[0], np_theta(8, 1e4) / 2, rtol=1e-6)
 
 
 def dataclasses_frozen_error():
