@@ -12,6 +12,25 @@ from entropylab.losses.advantages import (
     grpo_advantages,
     rloo_advantages,
 )
+from entropylab.losses.covariance import (
+    clip_cov_loss,
+    clip_cov_mask,
+    covariance_stats,
+    kl_cov_loss,
+    kl_cov_mask,
+    predicted_entropy_change,
+    token_covariance,
+)
+from entropylab.losses.entropy import (
+    AdaptiveEntropyConfig,
+    AdaptiveEntropyState,
+    adaptive_entropy_init,
+    adaptive_entropy_update,
+    entropy_bonus,
+    entropy_coef_at,
+    entropy_coef_schedule,
+)
+from entropylab.losses.forking import forking_token_loss, forking_token_mask
 from entropylab.losses.kl import (
     KL_KINDS,
     AdaptiveKLController,
@@ -30,8 +49,40 @@ from entropylab.losses.policy import (
     ppo_clip_per_token,
     reinforce_loss,
 )
+from entropylab.losses.siren import (
+    peak_entropy_mask,
+    siren_anchor,
+    siren_loss,
+    siren_regularizer,
+    top_p_entropy,
+)
+from entropylab.losses.steer import steer_loss, steer_omega, steer_weights
 
 __all__ = [
+    "AdaptiveEntropyConfig",
+    "AdaptiveEntropyState",
+    "adaptive_entropy_init",
+    "adaptive_entropy_update",
+    "entropy_bonus",
+    "entropy_coef_at",
+    "entropy_coef_schedule",
+    "clip_cov_loss",
+    "clip_cov_mask",
+    "covariance_stats",
+    "kl_cov_loss",
+    "kl_cov_mask",
+    "predicted_entropy_change",
+    "token_covariance",
+    "forking_token_loss",
+    "forking_token_mask",
+    "peak_entropy_mask",
+    "siren_anchor",
+    "siren_loss",
+    "siren_regularizer",
+    "top_p_entropy",
+    "steer_loss",
+    "steer_omega",
+    "steer_weights",
     "KL_KINDS",
     "AdaptiveKLController",
     "FixedKLController",
