@@ -12,6 +12,30 @@ from entropylab.losses.advantages import (
     grpo_advantages,
     rloo_advantages,
 )
+from entropylab.losses.aepo import (
+    aepo_entropy_estimate,
+    aepo_loss,
+    aepo_reinforce_loss,
+    aepo_select_reinforce_samples,
+    aepo_temperature,
+)
+from entropylab.losses.aepo_agentic import (
+    aepo_agentic_loss,
+    aepo_global_budget,
+    entropy_aware_advantages,
+)
+from entropylab.losses.ares import (
+    AresKLState,
+    ares_bucket_targets,
+    ares_difficulty_buckets,
+    ares_entropy_reward,
+    ares_hwe_counts,
+    ares_kl_coefficients,
+    ares_kl_init,
+    ares_kl_update,
+    ares_threshold_update,
+    ares_update_alpha,
+)
 from entropylab.losses.covariance import (
     clip_cov_loss,
     clip_cov_mask,
@@ -30,7 +54,20 @@ from entropylab.losses.entropy import (
     entropy_coef_at,
     entropy_coef_schedule,
 )
+from entropylab.losses.ettrl import ettrl_advantages, majority_vote_rewards, response_entropy
 from entropylab.losses.forking import forking_token_loss, forking_token_mask
+from entropylab.losses.hapo import (
+    HapoEntropyStats,
+    hapo_adaptive_clip,
+    hapo_entropy_score,
+    hapo_entropy_stats,
+    hapo_loss,
+    hapo_redistribute_advantages,
+    hapo_score_from_stats,
+    hapo_temperature,
+    hapo_token_group_advantages,
+)
+from entropylab.losses.hicra import hicra_advantages, hicra_planning_mask, semantic_entropy
 from entropylab.losses.kl import (
     KL_KINDS,
     AdaptiveKLController,
@@ -48,6 +85,12 @@ from entropylab.losses.policy import (
     ppo_clip_loss,
     ppo_clip_per_token,
     reinforce_loss,
+)
+from entropylab.losses.rewards import (
+    dapo_overlong_penalty,
+    pear_rewards,
+    phase_entropies,
+    place_on_last_token,
 )
 from entropylab.losses.siren import (
     peak_entropy_mask,
@@ -102,4 +145,41 @@ __all__ = [
     "ppo_clip_per_token",
     "reinforce_loss",
     "rloo_advantages",
+    "aepo_entropy_estimate",
+    "aepo_loss",
+    "aepo_reinforce_loss",
+    "aepo_select_reinforce_samples",
+    "aepo_temperature",
+    "aepo_agentic_loss",
+    "aepo_global_budget",
+    "entropy_aware_advantages",
+    "AresKLState",
+    "ares_bucket_targets",
+    "ares_difficulty_buckets",
+    "ares_entropy_reward",
+    "ares_hwe_counts",
+    "ares_kl_coefficients",
+    "ares_kl_init",
+    "ares_kl_update",
+    "ares_threshold_update",
+    "ares_update_alpha",
+    "ettrl_advantages",
+    "majority_vote_rewards",
+    "response_entropy",
+    "HapoEntropyStats",
+    "hapo_adaptive_clip",
+    "hapo_entropy_score",
+    "hapo_entropy_stats",
+    "hapo_loss",
+    "hapo_redistribute_advantages",
+    "hapo_score_from_stats",
+    "hapo_temperature",
+    "hapo_token_group_advantages",
+    "hicra_advantages",
+    "hicra_planning_mask",
+    "semantic_entropy",
+    "dapo_overlong_penalty",
+    "pear_rewards",
+    "phase_entropies",
+    "place_on_last_token",
 ]
