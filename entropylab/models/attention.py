@@ -47,38 +47,58 @@ def attention_mask(q_slot, k_valid, num_keys):
 
 
 def attend(q, k, v, *, allowed, logit_scale, softcap=None, return_entropy=False):
-    """Grouped-query softmax attention; see module docstring.
+    """Grouped-query softmax attention (einsum path); see module docstring.
 
     Args:
       q: ``[B, T, H, d]``; k, v: ``[B, H_kv, S, d]``; allowed: ``[B, T, S]`` bool.
-      logit_scale: float32, broadcastable to ``[B, H, T]`` (c_hi above).
+      logit_scale: float, broadcastable to ``[B, H, T]`` (c_hi above).
       softcap: optional float > 0.
-      return_entropy: also return the per-row entropy ``[B, H, T]`` (float32).
+      return_entropy: also return the per-row entropy ``[B, H, T]`` (float32; 0 for a row with
+        no visible key).
     Returns:
       ``out [B, T, H, d]`` (dtype of v) and entropy or None.
     """
     b, t, h, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
+    acc = jnp.promote_types(q.dtype, jnp.float32)
     qg = q.reshape(b, t, hkv, g, d)
-    z = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scale = jnp.broadcast_to(jnp.asarray(logit_scale, jnp.float32), (b, h, t))
+    z = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=acc)
+    scale = jnp.broadcast_to(jnp.asarray(logit_scale, acc), (b, h, t))
     z = z * scale.reshape(b, hkv, g, t)[..., None]
     if softcap is not None:
         z = softcap * jnp.tanh(z / softcap)
     mask = allowed[:, None, None, :, :]
+    if not return_entropy:
+        p = jax.nn.softmax(jnp.where(mask, z, _NEG), axis=-1)
+        out = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v).reshape(b, t, h, d)
+        return out, None
     z = jnp.where(mask, z, _NEG)
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    zs = jnp.where(mask, z - m, 0.0)
+    zs = jnp.where(mask, z - m, 0.0)  # double-where: masked entries never enter exp or the sum
     e = jnp.where(mask, jnp.exp(zs), 0.0)
     s = jnp.sum(e, axis=-1, keepdims=True)
     s_safe = jnp.where(s > 0, s, 1.0)
     p = e / s_safe
     out = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v).reshape(b, t, h, d)
-    if not return_entropy:
-        return out, None
     ent = jnp.log(s_safe[..., 0]) - jnp.sum(p * zs, axis=-1)
     return out, ent.reshape(b, h, t)
+
+
+def attend_fast(q, k, v, *, allowed, logit_scale):
+    """Same result as :func:`attend` (no soft-cap, no entropy) via
+    ``jax.nn.dot_product_attention`` (XLA on CPU; cuDNN where available), with the per-head /
+    per-query scale folded into q. Measured on the tiny preset (B 32, T 128, H 4, d 32, 2-core
+    CPU): forward 66 vs 84–132 ms and forward+backward 203 vs 277–295 ms for the einsum path.
+    A row with no visible key gets uniform weights here (0 in :func:`attend`): such rows are
+    padding and are ignored downstream.
+    """
+    b, t, h, d = q.shape
+    scale = jnp.broadcast_to(jnp.asarray(logit_scale, jnp.float32), (b, h, t))
+    qs = (q.astype(jnp.float32) * scale.transpose(0, 2, 1)[..., None]).astype(q.dtype)
+    return jax.nn.dot_product_attention(
+        qs, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask=allowed[:, None], scale=1.0
+    )
 
 
 class Attention(nnx.Module):
@@ -115,10 +135,14 @@ class Attention(nnx.Module):
         v = self.v_proj(x)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
-    def __call__(self, x, k, v, *, positions, freqs, q_scale, allowed, return_entropy=False):
+    def __call__(
+        self, x, k, v, *, positions, freqs, q_scale, allowed, return_entropy=False, fast=False
+    ):
         """x ``[B, T, D]``, k/v ``[B, H_kv, S, d]`` (already including this chunk's keys).
 
-        ``q_scale`` ``[B, T]`` is the Entropy-ABF per-query logit scale (or None).
+        ``q_scale`` ``[B, T]`` is the Entropy-ABF per-query logit scale (or None). ``fast``
+        selects :func:`attend_fast` when no entropy and no soft-cap are asked for (the full
+        forward; decode keeps the einsum path, which reads the ``[B, H_kv, S, d]`` cache as is).
         Returns ``(y [B, T, D], entropy [B, H, T] | None)``.
         """
         q = apply_rope(self.q_proj(x), positions, *freqs)
@@ -128,6 +152,8 @@ class Attention(nnx.Module):
         tau = self.temperature()
         if tau is not None:
             scale = scale / tau[None, :, None]
+        if fast and self.softcap is None and not return_entropy:
+            return self.o_proj(attend_fast(q, k, v, allowed=allowed, logit_scale=scale)), None
         out, ent = attend(
             q,
             k,
