@@ -10,8 +10,9 @@ Then
 
     lse = m + log s,   log π(y) = z_y − lse,   H = log s − t/s,   μ = E_p[z] = m + t/s.
 
-The backward (``jax.custom_vjp``) saves only ``lse`` and ``μ`` (two floats per row) and recomputes
-each block: with p = e^(z − lse),
+The backward (``jax.custom_vjp``) saves only ``m``, ``log s`` and ``t/s`` (three floats per row;
+kept apart rather than summed into lse and μ so that z − μ = (z − m) − t/s stays exact at large
+|z|) and recomputes each block: with p = e^(z − m − log s),
 
     dz = g_lp (onehot_y − p) − g_H p (z − μ),   dh = (dz/T) Wᵀ,   dW = hᵀ (dz/T),
 
@@ -106,16 +107,17 @@ def _chunk_forward(h, y, w_all, *, block, temp, with_entropy):
     )
     m, s, t, zy = lax.fori_loop(0, nb, body, init)
     log_s = jnp.log(s)
-    lse = m + log_s
     in_range = (y >= 0) & (y < v)
-    logp = jnp.where(in_range, zy - lse, jnp.nan)
+    logp = jnp.where(in_range, (zy - m) - log_s, jnp.nan)
     if not with_entropy:
-        return logp, None, lse, None
+        return logp, None, m, log_s, None
     ratio = t / s
-    return logp, log_s - ratio, lse, m + ratio
+    # Residuals relative to m (not lse = m + log s, μ = m + t/s): z − μ = (z − m) − t/s keeps
+    # precision when |z| is large and p is concentrated (rounding of μ at |z| ~ 1e4 is ~1e-3).
+    return logp, log_s - ratio, m, log_s, ratio
 
 
-def _chunk_backward(h, y, w_all, lse, mu, g_lp, g_h, dw, row_keep, *, block, temp):
+def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, block, temp):
     """dh for chunk ``h [C, D]`` and dW accumulated into ``dw [D, V]`` (float32)."""
     v = w_all.shape[1]
     nb = -(-v // block)
@@ -130,11 +132,12 @@ def _chunk_backward(h, y, w_all, lse, mu, g_lp, g_h, dw, row_keep, *, block, tem
         z, w = _block_logits(h, w_all, start, block, temp)
         col = start + iota
         valid = (col >= lo)[None, :]
-        p = jnp.where(valid, jnp.exp(jnp.where(valid, z - lse[:, None], 0.0)), 0.0)
+        zm = jnp.where(valid, z - m[:, None], 0.0)
+        p = jnp.where(valid, jnp.exp(zm - log_s[:, None]), 0.0)
         onehot = (valid & (col[None, :] == y[:, None])).astype(acc)
         dz = g_lp[:, None] * (onehot - p)
         if g_h is not None:
-            dz = dz - g_h[:, None] * p * jnp.where(valid, z - mu[:, None], 0.0)
+            dz = dz - g_h[:, None] * p * (zm - ratio[:, None])  # z − μ; p = 0 where masked
         if temp != 1.0:
             dz = dz / jnp.asarray(temp, acc)
         dh = dh + jnp.dot(dz, w.T.astype(acc), preferred_element_type=acc)
@@ -167,7 +170,7 @@ def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy):
     n = hidden.shape[0]
     kw = dict(block=block, temp=temp, with_entropy=with_entropy)
     if chunk >= n:
-        logp, ent, lse, mu = _chunk_forward(hidden, labels, w, **kw)
+        logp, ent, m, log_s, ratio = _chunk_forward(hidden, labels, w, **kw)
     else:
         nc, starts = _chunk_starts(n, chunk)
 
@@ -183,14 +186,14 @@ def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy):
             )
 
         zeros = jnp.zeros((n,), _acc_dtype(hidden, w))
-        init = (zeros, zeros if with_entropy else None, zeros, zeros if with_entropy else None)
-        logp, ent, lse, mu = lax.fori_loop(0, nc, body, init)
+        opt = zeros if with_entropy else None
+        logp, ent, m, log_s, ratio = lax.fori_loop(0, nc, body, (zeros, opt, zeros, zeros, opt))
     out = (logp, ent) if with_entropy else logp
-    return out, (hidden, w, labels, lse, mu)
+    return out, (hidden, w, labels, m, log_s, ratio)
 
 
 def _fused_bwd(temp, chunk, block, with_entropy, res, g):
-    hidden, w, labels, lse, mu = res
+    hidden, w, labels, m, log_s, ratio = res
     g_lp, g_h = g if with_entropy else (g, None)
     acc = _acc_dtype(hidden, w)
     g_lp = g_lp.astype(acc)
@@ -199,7 +202,7 @@ def _fused_bwd(temp, chunk, block, with_entropy, res, g):
     dw0 = jnp.zeros(w.shape, acc)
     kw = dict(block=block, temp=temp)
     if chunk >= n:
-        dh, dw = _chunk_backward(hidden, labels, w, lse, mu, g_lp, g_h, dw0, None, **kw)
+        dh, dw = _chunk_backward(hidden, labels, w, m, log_s, ratio, g_lp, g_h, dw0, None, **kw)
     else:
         nc, starts = _chunk_starts(n, chunk)
         rows = lax.iota(jnp.int32, chunk)
@@ -213,7 +216,17 @@ def _fused_bwd(temp, chunk, block, with_entropy, res, g):
 
             keep = (start + rows) >= lo  # rows < lo belong to the previous chunk: not again in dW
             dh, dw = _chunk_backward(
-                sl(hidden), sl(labels), w, sl(lse), sl(mu), sl(g_lp), sl(g_h), dw, keep, **kw
+                sl(hidden),
+                sl(labels),
+                w,
+                sl(m),
+                sl(log_s),
+                sl(ratio),
+                sl(g_lp),
+                sl(g_h),
+                dw,
+                keep,
+                **kw,
             )
             dh_all = lax.dynamic_update_slice_in_dim(dh_all, dh, start, axis=0)
             return dh_all, dw
@@ -223,6 +236,8 @@ def _fused_bwd(temp, chunk, block, with_entropy, res, g):
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
+# jit so that eager calls hit the compilation cache (the loop bodies are fresh closures per trace).
+_fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6))
 
 
 def fused_logprobs_and_entropy(
@@ -312,7 +327,7 @@ def fused_logprobs_and_entropy(
         return empty, (empty if with_entropy else None)
     chunk = n if chunk_size is None else min(chunk_size, n)
     block = min(vocab_block, v)
-    out = _fused(h, unembedding, y, float(temperature), chunk, block, with_entropy)
+    out = _fused_jit(h, unembedding, y, float(temperature), chunk, block, with_entropy)
     if with_entropy:
         logp, ent = out
         return logp.reshape(out_shape), ent.reshape(out_shape)

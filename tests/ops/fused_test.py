@@ -1,0 +1,326 @@
+"""Tests for entropylab.ops.fused (fused log-prob + entropy, no [N, V] logits)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from entropylab.ops import fused_logprobs_and_entropy, logprobs_and_entropy
+
+# ----------------------------------------------------------------------------- float64 reference
+
+
+def np_reference(h, w, y, temperature=1.0, a=None, b=None):
+    """Float64 NumPy: logp, H and the gradients of Σ a·logp + Σ b·H w.r.t. h and w."""
+    h = np.asarray(h, np.float64)
+    w = np.asarray(w, np.float64)
+    y = np.asarray(y)
+    z = h @ w / temperature
+    m = z.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+    p = np.exp(z - lse[:, None])
+    logp = z[np.arange(len(y)), y] - lse
+    ent = lse - (p * z).sum(axis=1)
+    if a is None:
+        return logp, ent
+    onehot = np.zeros_like(z)
+    onehot[np.arange(len(y)), y] = 1.0
+    mu = (p * z).sum(axis=1, keepdims=True)
+    # d logp_i / dz = onehot - p ;  d H_i / dz = -p (z - mu)
+    dz = a[:, None] * (onehot - p) - b[:, None] * p * (z - mu)
+    dz = dz / temperature
+    return logp, ent, dz @ w.T, h.T @ dz
+
+
+def _inputs(n, d, v, seed=0, scale=1.0, dtype=jnp.float32):
+    """NumPy-drawn inputs (no per-shape jax.random compiles)."""
+    rng = np.random.default_rng(seed)
+    h = jnp.asarray(scale * rng.standard_normal((n, d)), dtype)
+    w = jnp.asarray(rng.standard_normal((d, v)), dtype)
+    y = jnp.asarray(rng.integers(0, v, size=n), jnp.int32)
+    return h, w, y
+
+
+def _weights(n):
+    a = np.linspace(0.3, 1.2, n)
+    b = np.linspace(-1.0, 0.7, n)
+    return a, b
+
+
+def _fused_loss(a, b, **kw):
+    def loss(h, w, y):
+        logp, ent = fused_logprobs_and_entropy(h, w, y, **kw)
+        return jnp.sum(a * logp) + jnp.sum(b * ent)
+
+    return loss
+
+
+def _values_and_grads(fn, a, b):
+    """One jitted call: (logp, H, d/dh, d/dw) of Σ a·logp + Σ b·H for ``fn(h, w, y)``."""
+
+    def loss(h, w, y):
+        logp, ent = fn(h, w, y)
+        return jnp.sum(a * logp) + jnp.sum(b * ent), (logp, ent)
+
+    @jax.jit
+    def run(h, w, y):
+        (_, (logp, ent)), (gh, gw) = jax.value_and_grad(loss, (0, 1), has_aux=True)(h, w, y)
+        return logp, ent, gh, gw
+
+    return run
+
+
+# ----------------------------------------------------------------------------- hand-checked
+
+
+def test_hand_checked_two_tokens():
+    # z = [0, ln 3] -> p = [1/4, 3/4]
+    h = jnp.array([[1.0], [2.0]])
+    w = jnp.array([[0.0, math.log(3.0)]])
+    y = jnp.array([1, 0])
+    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=1)
+    h0 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    # row 2: z = [0, 2 ln 3] -> p = [1/10, 9/10]
+    h1 = -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))
+    np.testing.assert_allclose(logp, [math.log(0.75), math.log(0.1)], rtol=1e-6)
+    np.testing.assert_allclose(ent, [h0, h1], rtol=1e-6)
+
+
+def test_uniform_logits_give_log_v():
+    h = jnp.zeros((3, 4))
+    w = jnp.ones((4, 7))
+    logp, ent = fused_logprobs_and_entropy(h, w, jnp.array([0, 3, 6]), vocab_block=3)
+    np.testing.assert_allclose(ent, np.full(3, math.log(7)), rtol=1e-6)
+    np.testing.assert_allclose(logp, np.full(3, -math.log(7)), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- random vs refs
+
+CASES = [
+    # n, d, v, vocab_block, chunk_size, temperature
+    (13, 8, 64, 16, None, 1.0),  # even blocks
+    (37, 16, 100, 32, 10, 0.7),  # ragged last block and ragged last chunk
+    (8, 4, 5, 8, 3, 2.0),  # block > V, chunk ragged
+    (50, 8, 257, 64, 16, 1.3),  # ragged by one column
+    (6, 3, 1, 4, None, 1.0),  # V = 1: logp = 0, H = 0
+]
+
+
+@pytest.mark.parametrize("n,d,v,block,chunk,temp", CASES)
+def test_matches_float64_reference_and_dense(n, d, v, block, chunk, temp):
+    h, w, y = _inputs(n, d, v, seed=n + v)
+    a, b = _weights(n)
+    kw = dict(temperature=temp, vocab_block=block, chunk_size=chunk)
+    fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
+    logp, ent, gh, gw = fused(h, w, y)
+    assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
+
+    r_logp, r_ent, r_gh, r_gw = np_reference(h, w, y, temp, a, b)
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gh, r_gh, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
+
+    dense = _values_and_grads(
+        lambda h, w, y: logprobs_and_entropy(h @ w, y, temperature=temp), a, b
+    )
+    d_logp, d_ent, d_gh, d_gw = dense(h, w, y)
+    np.testing.assert_allclose(logp, d_logp, atol=2e-5)
+    np.testing.assert_allclose(ent, d_ent, atol=2e-5)
+    np.testing.assert_allclose(gh, d_gh, atol=2e-5)
+    np.testing.assert_allclose(gw, d_gw, atol=2e-5)
+
+
+def test_leading_dims_are_flattened():
+    h, w, y = _inputs(24, 8, 40)
+    logp, ent = fused_logprobs_and_entropy(
+        h.reshape(2, 3, 4, 8), w, y.reshape(2, 3, 4), vocab_block=16, chunk_size=5
+    )
+    assert logp.shape == (2, 3, 4) and ent.shape == (2, 3, 4)
+    r_logp, r_ent = np_reference(h, w, y)
+    np.testing.assert_allclose(logp.reshape(-1), r_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ent.reshape(-1), r_ent, rtol=1e-5, atol=1e-5)
+
+
+def test_layouts_agree():
+    """Token chunking and block width change the loop, not the answer."""
+    h, w, y = _inputs(30, 8, 90)
+    base = fused_logprobs_and_entropy(h, w, y, vocab_block=90)
+    for block, chunk in [(7, None), (89, 29), (1, 30)]:
+        out = fused_logprobs_and_entropy(h, w, y, vocab_block=block, chunk_size=chunk)
+        np.testing.assert_allclose(out[0], base[0], atol=1e-5)
+        np.testing.assert_allclose(out[1], base[1], atol=1e-5)
+
+
+def test_no_entropy_fast_path():
+    h, w, y = _inputs(21, 8, 70)
+    a, _ = _weights(21)
+    logp, ent = fused_logprobs_and_entropy(
+        h, w, y, vocab_block=16, chunk_size=8, with_entropy=False
+    )
+    assert ent is None
+    r_logp, _, r_gh, r_gw = np_reference(h, w, y, 1.0, a, np.zeros(21))
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-5)
+
+    def loss(h, w):
+        lp, _ = fused_logprobs_and_entropy(h, w, y, vocab_block=16, with_entropy=False)
+        return jnp.sum(a * lp)
+
+    gh, gw = jax.jit(jax.grad(loss, argnums=(0, 1)))(h, w)
+    np.testing.assert_allclose(gh, r_gh, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_inputs():
+    h, w, y = _inputs(40, 32, 300, dtype=jnp.bfloat16)
+    a, b = _weights(40)
+    kw = dict(vocab_block=64, temperature=0.9)
+    fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
+    logp, ent, gh, gw = fused(h, w, y)
+    assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
+    assert gh.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
+    # Reference on the bf16-rounded inputs, exact arithmetic: only output rounding differs.
+    r_logp, r_ent, r_gh, r_gw = np_reference(
+        np.asarray(h.astype(jnp.float32)), np.asarray(w.astype(jnp.float32)), y, 0.9, a, b
+    )
+    for x in (logp, ent, gh, gw):
+        assert np.all(np.isfinite(np.asarray(x, np.float32)))
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-4, atol=1e-3)
+    scale_h = np.abs(r_gh).max()
+    scale_w = np.abs(r_gw).max()
+    np.testing.assert_allclose(np.asarray(gh, np.float32), r_gh, atol=1e-2 * scale_h)
+    np.testing.assert_allclose(np.asarray(gw, np.float32), r_gw, atol=1e-2 * scale_w)
+
+
+def test_check_grads_x64(x64):
+    h, w, y = _inputs(7, 3, 11, dtype=jnp.float64)
+    a, b = _weights(7)
+    for kw in (
+        dict(vocab_block=4, chunk_size=3, temperature=1.7),
+        dict(vocab_block=5, with_entropy=False),
+    ):
+
+        def f(h, w, kw=kw):
+            lp, en = fused_logprobs_and_entropy(h, w, y, **kw)
+            return jnp.sum(a * lp) + (0.0 if en is None else jnp.sum(b * en))
+
+        f = jax.jit(f)
+        assert f(h, w).dtype == jnp.float64
+        check_grads(f, (h, w), order=1, modes=("rev",))
+
+
+def test_x64_matches_reference_tightly(x64):
+    h, w, y = _inputs(9, 5, 23, dtype=jnp.float64)
+    a, b = _weights(9)
+    kw = dict(vocab_block=6, chunk_size=4, temperature=0.8)
+    fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
+    logp, ent, gh, gw = fused(h, w, y)
+    ref = np_reference(h, w, y, 0.8, a, b)
+    for got, want in zip((logp, ent, gh, gw), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+def test_jit_and_no_nv_buffer():
+    n, d, v = 256, 16, 4096
+    h, w, y = _inputs(n, d, v)
+    a, b = _weights(n)
+    loss = _fused_loss(a, b, vocab_block=256)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    compiled = grad.lower(h, w, y).compile()
+    hlo = compiled.as_text()
+    assert f"[{n},{v}]" not in hlo and f"[{v},{n}]" not in hlo
+    # temporaries must be far below one [N, V] float32 buffer (4 MiB here)
+    assert compiled.memory_analysis().temp_size_in_bytes < n * v * 4 / 4
+    val, (gh, gw) = compiled(h, w, y)
+    eager_val = loss(h, w, y)
+    np.testing.assert_allclose(val, eager_val, rtol=1e-5)
+    r_logp, r_ent, r_gh, r_gw = np_reference(h, w, y, 1.0, a, b)
+    np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
+
+
+def test_extreme_values_are_finite():
+    # |h·W| ~ 1e4: shift by the running max must keep everything finite.
+    h = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]) * 1e4
+    w = jnp.array([[1.0, -1.0, 0.5, 0.999, 0.0], [-1.0, 0.2, 1.0, -0.3, 0.0]])
+    y = jnp.array([0, 1, 3, 4])
+    a, b = _weights(4)
+    fused = _values_and_grads(
+        lambda h, w, y: fused_logprobs_and_entropy(h, w, y, vocab_block=2), a, b
+    )
+    logp, ent, gh, gw = fused(h, w, y)
+    for x in (logp, ent, gh, gw):
+        assert np.all(np.isfinite(x))
+    r_logp, r_ent, r_gh, r_gw = np_reference(h, w, y, 1.0, a, b)
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-2)
+    np.testing.assert_allclose(ent, r_ent, atol=1e-3)
+    np.testing.assert_allclose(gh, r_gh, atol=1e-4)
+    np.testing.assert_allclose(gw, r_gw, atol=1e-3)
+
+
+def test_all_negative_logits_shift_invariant():
+    """A 0 identity for the max (verl PR #7439) would break this; −inf does not."""
+    h, w, y = _inputs(10, 4, 30)
+    shift = jnp.concatenate([h, jnp.ones((10, 1))], axis=1)
+    w_shift = jnp.concatenate([w, jnp.full((1, 30), -500.0)], axis=0)
+    base = fused_logprobs_and_entropy(h, w, y, vocab_block=8)
+    out = fused_logprobs_and_entropy(shift, w_shift, y, vocab_block=8)
+    np.testing.assert_allclose(out[0], base[0], atol=1e-3)
+    np.testing.assert_allclose(out[1], base[1], atol=1e-3)
+
+
+def test_out_of_range_label_gives_nan_logp_only():
+    h, w, _ = _inputs(3, 4, 10)
+    logp, ent = fused_logprobs_and_entropy(h, w, jnp.array([1, 10, -1]), vocab_block=4)
+    assert np.isfinite(logp[0]) and np.isnan(logp[1]) and np.isnan(logp[2])
+    assert np.all(np.isfinite(ent))
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    v=st.integers(1, 40),
+    block=st.integers(1, 48),
+    chunk=st.one_of(st.none(), st.integers(1, 12)),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(n, v, block, chunk, seed):
+    h, w, y = _inputs(n, 4, v, seed=seed, scale=2.0)
+    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=block, chunk_size=chunk)
+    r_logp, r_ent = np_reference(h, w, y)
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=2e-5)
+    assert np.all(np.asarray(logp) <= 1e-5) and np.all(np.asarray(ent) >= -1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(h=jnp.zeros((4, 3))), "hidden last dim"),
+        (dict(w=jnp.zeros((5,))), r"unembedding must be \[D, V\]"),
+        (dict(y=jnp.zeros((5,), jnp.int32)), "labels shape"),
+        (dict(y=jnp.zeros((4,), jnp.float32)), "labels must be integers"),
+        (dict(h=jnp.zeros((4, 5), jnp.int32)), "hidden must be floating"),
+        (dict(vocab_block=0), "vocab_block"),
+        (dict(vocab_block=2.5), "vocab_block"),
+        (dict(chunk_size=-1), "chunk_size"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=jnp.float32(1.0)), "temperature"),
+        (dict(with_entropy="yes"), "with_entropy"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    args = dict(h=jnp.zeros((4, 5)), w=jnp.zeros((5, 9)), y=jnp.zeros((4,), jnp.int32))
+    opts = {}
+    for k, val in kwargs.items():
+        (args if k in args else opts)[k] = val
+    with pytest.raises(ValueError, match=match):
+        fused_logprobs_and_entropy(args["h"], args["w"], args["y"], **opts)
