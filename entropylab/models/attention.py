@@ -9,8 +9,10 @@ Logits, for query i (cache slot ``q_slot``), key slot j, query head h, key head 
 
 where ``s_i`` is the per-query Entropy-ABF logit scale (1 unless enabled), τ_h > 0 the learnable
 per-head softmax temperature of entropy-guided attention (1 unless enabled), and m the row max.
-Softmax and entropy are taken in float32 whatever the compute dtype. A row with no visible key
-(a padded query that sees only padding) gets a = 0 and H = 0, not NaN.
+Softmax and entropy are taken in float32 whatever the compute dtype; the entropy is
+``entropylab.ops.attention_entropy(z, mask, from_logits=True)``. A row with no visible key (a
+padded query that sees only padding) gets uniform weights (a finite, meaningless output) and
+H = 0, never NaN; such rows are excluded from every aggregate.
 
 GQA head order follows Hugging Face ``repeat_kv``: query head h reads key/value head h // G,
 G = H / H_kv.
@@ -33,6 +35,7 @@ from flax import nnx
 
 from entropylab.models.layers import Linear, OutLinear
 from entropylab.models.rope import apply_rope
+from entropylab.ops.entropy import attention_entropy
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -69,19 +72,12 @@ def attend(q, k, v, *, allowed, logit_scale, softcap=None, return_entropy=False)
     if softcap is not None:
         z = softcap * jnp.tanh(z / softcap)
     mask = allowed[:, None, None, :, :]
-    if not return_entropy:
-        p = jax.nn.softmax(jnp.where(mask, z, _NEG), axis=-1)
-        out = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v).reshape(b, t, h, d)
-        return out, None
-    z = jnp.where(mask, z, _NEG)
-    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    zs = jnp.where(mask, z - m, 0.0)  # double-where: masked entries never enter exp or the sum
-    e = jnp.where(mask, jnp.exp(zs), 0.0)
-    s = jnp.sum(e, axis=-1, keepdims=True)
-    s_safe = jnp.where(s > 0, s, 1.0)
-    p = e / s_safe
+    p = jax.nn.softmax(jnp.where(mask, z, _NEG), axis=-1)
     out = jnp.einsum("bkgts,bksd->btkgd", p.astype(v.dtype), v).reshape(b, t, h, d)
-    ent = jnp.log(s_safe[..., 0]) - jnp.sum(p * zs, axis=-1)
+    if not return_entropy:
+        return out, None
+    # H = logsumexp(z) − Σ softmax(z)·z over the visible keys (0 for a row with none).
+    ent = attention_entropy(z, mask, from_logits=True)
     return out, ent.reshape(b, h, t)
 
 
@@ -90,8 +86,6 @@ def attend_fast(q, k, v, *, allowed, logit_scale):
     ``jax.nn.dot_product_attention`` (XLA on CPU; cuDNN where available), with the per-head /
     per-query scale folded into q. Measured on the tiny preset (B 32, T 128, H 4, d 32, 2-core
     CPU): forward 66 vs 84–132 ms and forward+backward 203 vs 277–295 ms for the einsum path.
-    A row with no visible key gets uniform weights here (0 in :func:`attend`): such rows are
-    padding and are ignored downstream.
     """
     b, t, h, d = q.shape
     scale = jnp.broadcast_to(jnp.asarray(logit_scale, jnp.float32), (b, h, t))
