@@ -27,6 +27,7 @@ Conventions (stated because the trainer must recompute the same numbers):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -194,14 +195,30 @@ def generate(
     )
 
 
-def make_sampler(graphdef, cfg: SamplingConfig, **kwargs) -> Callable:
-    """Jitted ``sampler(state, prompt_tokens, prompt_mask, keys) -> Rollout`` for a model graph."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _sample_jit(graphdef, cfg, temperature_fn, logit_processors, state, prompts, mask, keys):
+    model = nnx.merge(graphdef, state)
+    return generate(
+        model,
+        prompts,
+        mask,
+        keys,
+        cfg,
+        temperature_fn=temperature_fn,
+        logit_processors=logit_processors,
+    )
 
-    @jax.jit
-    def sampler(state, prompt_tokens, prompt_mask, keys):
-        return generate(nnx.merge(graphdef, state), prompt_tokens, prompt_mask, keys, cfg, **kwargs)
 
-    return sampler
+def make_sampler(
+    graphdef, cfg: SamplingConfig, *, temperature_fn=None, logit_processors=()
+) -> Callable:
+    """Jitted ``sampler(state, prompt_tokens, prompt_mask, keys) -> Rollout`` for a model graph.
+
+    The compiled function is cached on ``(graphdef, cfg, temperature_fn, logit_processors)``
+    (all static), so several trainers over the same model and settings compile it once.
+    """
+    procs = tuple(logit_processors)
+    return functools.partial(_sample_jit, graphdef, cfg, temperature_fn, procs)
 
 
 def sequence_logprobs(model, rollout_tokens, rollout_mask, prompt_len: int, *, temperature=1.0):

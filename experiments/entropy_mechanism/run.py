@@ -1,0 +1,355 @@
+"""Entropy Mechanism study (arXiv:2505.22617) at tiny scale: collapse, the law, Clip-Cov, KL-Cov.
+
+Protocol (../../shared/DESIGN.md "Experiments"; pitfalls in tiny_scale_notes.md):
+
+1. Per seed, train the model from scratch with SFT on reversed-digit addition until greedy
+   held-out accuracy reaches the target (partial competence), so RL starts at the edge of
+   competence.
+2. From that same checkpoint run GRPO arms that differ **only** in entropy control:
+   ``none`` (PPO-clip, no entropy term), ``entropy_bonus``, ``clip_cov``, ``kl_cov``.
+3. Analyse: entropy collapse in ``none``; the law R = −a·exp(H) + b fitted on ``none`` (pairs of
+   rollout entropy and held-out pass@1 at the eval steps) with R²; the covariance-predicted vs
+   observed per-step entropy change; final accuracy, pass@1, pass@k and entropy per arm; plots.
+
+Usage::
+
+    python -m experiments.entropy_mechanism.run --preset tiny --out runs/entropy_mechanism
+    python -m experiments.entropy_mechanism.run --preset smoke --out /tmp/em_smoke
+
+Writes ``<out>/<arm>/seed<k>/metrics.jsonl``, ``<out>/sft_seed<k>.json``, ``<out>/summary.json``,
+``<out>/RESULTS.md`` and the plots ``<out>/*.png``; with ``--update-readme`` the results section
+of this folder's README is replaced by ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from entropylab import laws
+from entropylab.losses.objective import ObjectiveConfig
+from entropylab.models import Transformer, TransformerConfig
+from entropylab.rl import tasks as T
+from entropylab.rl.sft import SFTConfig, sft_warmstart
+from entropylab.rl.trainer import GRPOTrainer, RLConfig
+from entropylab.train.metrics import read_jsonl
+
+HERE = Path(__file__).parent
+
+
+def arms(preset: str) -> dict[str, ObjectiveConfig]:
+    """The four arms: paper/verl defaults, adapted to the tiny batch (see README)."""
+    clip = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2}
+    return {
+        "none": ObjectiveConfig(policy_loss="ppo_clip", policy_kwargs=clip),
+        "entropy_bonus": ObjectiveConfig(
+            policy_loss="ppo_clip",
+            policy_kwargs=clip,
+            regularizers=(("entropy_bonus", {"coef": 0.01}),),
+        ),
+        # verl defaults clip_cov_ratio = 2e-4 with ~1e6 tokens per batch; at ~2e3 tokens per
+        # minibatch that selects one token, so the tiny preset uses 2e-2 (≈ 40 tokens).
+        "clip_cov": ObjectiveConfig(
+            policy_loss="clip_cov",
+            policy_kwargs={**clip, "clip_cov_ratio": 2e-2, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0},
+        ),
+        # KL-Cov replaces the clip by the |log r| penalty on the top-k covariance tokens.
+        "kl_cov": ObjectiveConfig(
+            policy_loss="kl_cov", policy_kwargs={"kl_cov_ratio": 2e-2, "ppo_kl_coef": 1.0}
+        ),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Preset:
+    seeds: tuple[int, ...]
+    model: str
+    sft: SFTConfig
+    rl: RLConfig
+
+
+def preset(name: str) -> Preset:
+    if name == "smoke":
+        return Preset(
+            seeds=(0,),
+            model="smoke",
+            sft=SFTConfig(
+                difficulties=(1, 2),
+                batch_size=16,
+                max_steps=4,
+                eval_every=2,
+                eval_problems=8,
+                target_accuracy=1.0,
+            ),
+            rl=RLConfig(
+                difficulties=(1, 2),
+                steps=3,
+                prompts_per_step=4,
+                group_size=4,
+                minibatches=2,
+                eval_every=2,
+                eval_problems=4,  # eval batch = train batch: one sampler compile
+                eval_k=4,
+                prompt_width=10,
+                max_new_tokens=5,
+            ),
+        )
+    if name == "tiny":
+        return Preset(
+            seeds=(0, 1),
+            model="tiny",
+            sft=SFTConfig(
+                difficulties=(2, 3),
+                batch_size=64,
+                max_steps=600,
+                eval_every=10,
+                eval_problems=96,
+                target_accuracy=0.35,
+                learning_rate=1e-3,
+            ),
+            rl=RLConfig(
+                difficulties=(2, 3),
+                steps=120,
+                prompts_per_step=32,
+                group_size=8,
+                minibatches=4,
+                learning_rate=3e-4,
+                eval_every=10,
+                eval_problems=64,
+                eval_k=8,
+                prompt_width=10,
+                max_new_tokens=5,
+            ),
+        )
+    raise ValueError(f"unknown preset {name!r}; expected 'smoke' or 'tiny'")
+
+
+def build_model(kind: str, vocab: int, seed: int):
+    cfg = getattr(TransformerConfig, kind)(vocab_size=vocab, max_seq_len=32)
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def run(preset_name: str, out: Path, *, progress: bool = True) -> dict:
+    p = preset(preset_name)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = T.CharTokenizer()
+    task = T.AdditionTask()
+    t_start = time.time()
+    sft_info = {}
+    for seed in p.seeds:
+        model = build_model(p.model, tok.vocab_size, seed)
+        sft_cfg = dataclasses.replace(p.sft, seed=seed)
+        hist = sft_warmstart(
+            model, task, tok, sft_cfg, prompt_width=p.rl.prompt_width, max_new=p.rl.max_new_tokens
+        )
+        (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
+        sft_info[seed] = hist[-1]
+        sft_state = nnx.split(model)[1]
+        for arm, obj in arms(preset_name).items():
+            nnx.update(model, sft_state)
+            rl_cfg = dataclasses.replace(p.rl, seed=seed, objective=obj)
+            trainer = GRPOTrainer(rl_cfg, model, tok, out / arm / f"seed{seed}")
+            trainer.run(resume=False, progress=progress)
+    wall = time.time() - t_start
+    summary = analyse(out, p, sft_info, wall, preset_name)
+    return summary
+
+
+def _load(out: Path, arm: str, seed: int) -> list[dict]:
+    return read_jsonl(out / arm / f"seed{seed}" / "metrics.jsonl")
+
+
+def analyse(out: Path, p: Preset, sft_info: dict, wall: float, preset_name: str) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arm_names = list(arms(preset_name))
+    k = p.rl.eval_k
+    table, law_rows, cov_rows = {}, [], []
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for arm in arm_names:
+        finals = []
+        for seed in p.seeds:
+            recs = _load(out, arm, seed)
+            train = [r for r in recs if "rollout/entropy" in r]
+            evals = [r for r in recs if "eval/pass@1" in r]
+            steps = [r["step"] for r in train]
+            ent = [r["rollout/entropy"] for r in train]
+            ax[0].plot(
+                steps,
+                ent,
+                label=f"{arm} s{seed}",
+                color=f"C{arm_names.index(arm)}",
+                ls="-" if seed == p.seeds[0] else "--",
+            )
+            ax[2].plot(
+                [r["step"] for r in evals],
+                [r[f"eval/pass@{k}"] for r in evals],
+                color=f"C{arm_names.index(arm)}",
+                ls="-" if seed == p.seeds[0] else "--",
+            )
+            last = evals[-1]
+            finals.append(
+                {
+                    "train_acc_last10": float(np.mean([r["reward/acc"] for r in train[-10:]])),
+                    "pass@1": last["eval/pass@1"],
+                    f"pass@{k}": last[f"eval/pass@{k}"],
+                    "entropy_final": float(np.mean(ent[-10:])),
+                    "entropy_start": ent[0],
+                }
+            )
+            if arm == "none" and len(evals) >= 4:
+                # pair each eval with the rollout entropy of the same step (step 0: first rollout)
+                by_step = {r["step"]: r["rollout/entropy"] for r in train}
+                by_step[0] = train[0]["rollout/entropy"]
+                h = [by_step[r["step"]] for r in evals if r["step"] in by_step]
+                rr = [r["eval/pass@1"] for r in evals if r["step"] in by_step]
+                try:
+                    fit = laws.fit_entropy_law(h, rr)
+                    law_rows.append(
+                        {
+                            "seed": seed,
+                            "a": fit.a,
+                            "b": fit.b,
+                            "r2": fit.r2,
+                            "ceiling": fit.ceiling,
+                            "n": fit.n,
+                        }
+                    )
+                    ax[1].scatter(h, rr, s=12, color="C0")
+                    hh = np.linspace(min(h), max(h), 50)
+                    ax[1].plot(
+                        hh,
+                        fit.predict(hh),
+                        color="C3",
+                        label=f"s{seed}: a={fit.a:.3f} b={fit.b:.3f} R²={fit.r2:.2f}",
+                    )
+                except ValueError as e:
+                    law_rows.append({"seed": seed, "error": str(e)})
+            if len(train) >= 4:
+                pred = np.array([r["cov/predicted_dH"] for r in train[:-1]])
+                obs = np.diff(np.array(ent))
+                try:
+                    c = laws.compare_entropy_change(pred, obs)
+                    cov_rows.append({"arm": arm, "seed": seed, **dataclasses.asdict(c)})
+                except ValueError as e:
+                    cov_rows.append({"arm": arm, "seed": seed, "error": str(e)})
+        table[arm] = {key: float(np.mean([f[key] for f in finals])) for key in finals[0]}
+        table[arm]["per_seed"] = finals
+    ax[0].set(xlabel="RL step", ylabel="rollout entropy (nats/token)", title="Entropy vs step")
+    ax[0].legend(fontsize=6)
+    ax[1].set(
+        xlabel="rollout entropy H", ylabel="held-out pass@1", title="arm 'none': R = −a·exp(H) + b"
+    )
+    ax[1].legend(fontsize=7)
+    ax[2].set(xlabel="RL step", ylabel=f"held-out pass@{k}", title=f"pass@{k} vs step")
+    fig.tight_layout()
+    fig.savefig(out / "entropy_mechanism.png", dpi=110)
+    plt.close(fig)
+    summary = {
+        "preset": preset_name,
+        "seeds": list(p.seeds),
+        "wall_s": wall,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": __import__("os").cpu_count(),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "sft": {str(k): v for k, v in sft_info.items()},
+        "arms": table,
+        "law_none": law_rows,
+        "cov_check": cov_rows,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "RESULTS.md").write_text(results_markdown(summary, k))
+    return summary
+
+
+def results_markdown(s: dict, k: int) -> str:
+    lines = [
+        f"Preset `{s['preset']}`, seeds {s['seeds']}, {s['cpus']} CPUs ({s['machine']}), "
+        f"jax {s['jax']} on {s['device']}; wall time {s['wall_s'] / 60:.1f} min.",
+        "",
+        "SFT warm start (greedy held-out accuracy when stopped): "
+        + ", ".join(f"seed {sd}: {v['acc']:.2f} at step {v['step']}" for sd, v in s["sft"].items()),
+        "",
+        f"| arm | entropy start → final | train acc (last 10 steps) | held-out pass@1 | pass@{k} |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, v in s["arms"].items():
+        lines.append(
+            f"| {arm} | {v['entropy_start']:.3f} → {v['entropy_final']:.3f} | "
+            f"{v['train_acc_last10']:.3f} | {v['pass@1']:.3f} | {v[f'pass@{k}']:.3f} |"
+        )
+    lines += ["", "Law fit on arm `none` (held-out pass@1 vs rollout entropy at eval steps):", ""]
+    lines += ["| seed | a | b | R² | ceiling b−a | n |", "|---|---|---|---|---|---|"]
+    for r in s["law_none"]:
+        if "error" in r:
+            lines.append(f"| {r['seed']} | fit failed: {r['error']} | | | | |")
+        else:
+            lines.append(
+                f"| {r['seed']} | {r['a']:.4f} | {r['b']:.4f} | {r['r2']:.3f} | "
+                f"{r['ceiling']:.3f} | {r['n']} |"
+            )
+    lines += [
+        "",
+        "Covariance-predicted vs observed per-step entropy change "
+        "(predicted = −η·Cov(log π, A) on the rollout batch):",
+        "",
+    ]
+    lines += [
+        "| arm | seed | Pearson r | slope | sign agreement | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["cov_check"]:
+        if "error" in r:
+            lines.append(f"| {r['arm']} | {r['seed']} | {r['error']} | | | |")
+        else:
+            lines.append(
+                f"| {r['arm']} | {r['seed']} | {r['pearson_r']:.3f} | {r['slope']:.3g} | "
+                f"{r['sign_agreement']:.2f} | {r['n']} |"
+            )
+    lines += ["", "![entropy mechanism](entropy_mechanism.png)", ""]
+    return "\n".join(lines)
+
+
+def update_readme(out: Path) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the results markers")
+    body = (out / "RESULTS.md").read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny", choices=["smoke", "tiny"])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    out = args.out or Path("runs") / "entropy_mechanism" / args.preset
+    summary = run(args.preset, out, progress=not args.no_progress)
+    print((out / "RESULTS.md").read_text())
+    if args.update_readme:
+        update_readme(out)
+        for png in out.glob("*.png"):
+            (HERE / png.name).write_bytes(png.read_bytes())
+    return summary
+
+
+if __name__ == "__main__":
+    main()
