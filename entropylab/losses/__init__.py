@@ -79,12 +79,24 @@ from entropylab.losses.kl import (
     kl_loss,
     kl_penalty,
 )
+from entropylab.losses.objective import (
+    Objective,
+    ObjectiveConfig,
+    ObjectiveInputs,
+    build_objective,
+)
 from entropylab.losses.policy import (
     cispo_loss,
     gspo_loss,
     ppo_clip_loss,
     ppo_clip_per_token,
     reinforce_loss,
+)
+from entropylab.losses.registry import (
+    register_advantage_shaper,
+    register_policy_loss,
+    register_regularizer,
+    registered_names,
 )
 from entropylab.losses.rewards import (
     dapo_overlong_penalty,
@@ -102,6 +114,14 @@ from entropylab.losses.siren import (
 from entropylab.losses.steer import steer_loss, steer_omega, steer_weights
 
 __all__ = [
+    "Objective",
+    "ObjectiveConfig",
+    "ObjectiveInputs",
+    "build_objective",
+    "register_advantage_shaper",
+    "register_policy_loss",
+    "register_regularizer",
+    "registered_names",
     "AdaptiveEntropyConfig",
     "AdaptiveEntropyState",
     "adaptive_entropy_init",

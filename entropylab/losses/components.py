@@ -1,0 +1,290 @@
+"""Built-in objective components: every policy-side method of ``entropylab.losses`` under a name.
+
+================  ==========================================================  ==============
+policy_loss       wraps                                                       needs
+================  ==========================================================  ==============
+``ppo_clip``      :func:`ppo_clip_loss` (PPO / DAPO clip-higher / dual clip)
+``reinforce``     :func:`reinforce_loss`
+``gspo``          :func:`gspo_loss`
+``cispo``         :func:`cispo_loss`
+``clip_cov``      :func:`clip_cov_loss` (Clip-Cov)                            key
+``kl_cov``        :func:`kl_cov_loss` (KL-Cov)
+``forking``       :func:`forking_token_loss` (PPO on top-ρ entropy tokens)    entropy
+``steer``         :func:`steer_loss` (STEER token weights)                    old_entropy
+``agentic_aepo``  :func:`aepo_agentic_loss` (entropy-balanced clip, adv.)     entropy
+``hapo_clip``     :func:`hapo_loss` (HAPO adaptive clip + redistribution)     entropy
+``aepo``          :func:`aepo_loss` (PPO + REINFORCE on temperature samples)  extras.temp_*
+================  ==========================================================  ==============
+
+Regularizers (added to the policy loss): ``entropy_bonus`` (``−c·agg(H)``, optional step
+schedule), ``adaptive_entropy`` (bonus with a target-entropy controlled coefficient, state),
+``siren`` (anchored top-p entropy on peak tokens, anchor in state), ``aepo`` (α·REINFORCE on
+temperature samples, the paper's non-pooled form), ``ares_kl`` (ARES per-difficulty-bucket
+dynamic KL, state). Advantage shapers (applied in order before the policy loss): ``hicra``,
+``ettrl``, ``hapo`` (token-level group average from ``extras.rewards``), ``agentic_aepo``
+(entropy-aware advantages).
+
+``entropy_source`` (``"current"``/``"old"``) picks ``inputs.entropy`` (current policy) or
+``inputs.old_entropy`` (rollout) where a method reads entropy only as a selector or weight; the
+default is the paper's choice (forking, agentic AEPO, HAPO: current; STEER, HICRA, ETTRL: old).
+
+Reward-side methods (PEAR, DAPO overlong shaping, ARES entropy reward, TTRL majority vote) act
+before the advantages are computed and live in :mod:`entropylab.losses.rewards` /
+:mod:`entropylab.losses.ares` / :mod:`entropylab.losses.ettrl`; they are not objective terms.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from entropylab.losses import aepo as _aepo
+from entropylab.losses import aepo_agentic as _agentic
+from entropylab.losses import covariance as _cov
+from entropylab.losses import entropy as _ent
+from entropylab.losses import forking as _fork
+from entropylab.losses import hapo as _hapo
+from entropylab.losses import policy as _pol
+from entropylab.losses import steer as _steer
+from entropylab.losses.registry import (
+    kwargs_of,
+    register_policy_loss,
+    register_regularizer,
+)
+from entropylab.ops.masked import AGG_MODES, masked_mean
+
+_sg = jax.lax.stop_gradient
+_AGG = ("loss_agg_mode", "loss_scale_factor", "axis_name")
+_SOURCES = ("current", "old")
+
+
+def _entropy(inputs, source, who):
+    if source not in _SOURCES:
+        raise ValueError(f"{who}: entropy_source must be one of {_SOURCES}, got {source!r}")
+    h = inputs.entropy if source == "current" else inputs.old_entropy
+    if h is None:
+        field = "entropy" if source == "current" else "old_entropy"
+        raise ValueError(f"{who} with entropy_source={source!r} needs inputs.{field}")
+    return h
+
+
+def _extra(inputs, name, who, optional=False):
+    ex = inputs.extras or {}
+    if name not in ex:
+        if optional:
+            return None
+        raise ValueError(f"{who} needs inputs.extras[{name!r}]")
+    return ex[name]
+
+
+def _check_source(default):
+    def validate(kw):
+        if kw.get("entropy_source", default) not in _SOURCES:
+            got = kw["entropy_source"]
+            raise ValueError(f"entropy_source must be one of {_SOURCES}, got {got!r}")
+
+    return validate
+
+
+def _basic(loss_fn, exclude=()):
+    """Policy component for a loss with the plain ``(logp, old_logp, adv, mask)`` signature."""
+
+    def fn(inputs, ctx, **kw):
+        return loss_fn(
+            inputs.logp, inputs.old_logp, inputs.advantages, inputs.mask, **ctx.agg_kw, **kw
+        )
+
+    acc, req = kwargs_of(loss_fn, _AGG + tuple(exclude))
+    return fn, acc, req
+
+
+for _name, _f in (
+    ("ppo_clip", _pol.ppo_clip_loss),
+    ("reinforce", _pol.reinforce_loss),
+    ("gspo", _pol.gspo_loss),
+    ("cispo", _pol.cispo_loss),
+    ("kl_cov", _cov.kl_cov_loss),
+):
+    _fn, _acc, _req = _basic(_f, exclude=("key",))
+    register_policy_loss(_name, _fn, accepts=_acc, required=_req)
+
+
+def _clip_cov(inputs, ctx, **kw):
+    return _cov.clip_cov_loss(
+        inputs.logp,
+        inputs.old_logp,
+        inputs.advantages,
+        inputs.mask,
+        key=inputs.key,
+        **ctx.agg_kw,
+        **kw,
+    )
+
+
+register_policy_loss(
+    "clip_cov",
+    _clip_cov,
+    accepts=kwargs_of(_cov.clip_cov_loss, _AGG + ("key",))[0],
+    needs=("key",),
+)
+
+
+def _entropy_policy(name, loss_fn, default_source, exclude=("entropy", "key")):
+    def fn(inputs, ctx, entropy_source=default_source, **kw):
+        h = _entropy(inputs, entropy_source, f"policy_loss {name!r}")
+        args = (inputs.logp, inputs.old_logp, inputs.advantages, inputs.mask)
+        return loss_fn(*args, entropy=h, **ctx.agg_kw, **kw)
+
+    acc, req = kwargs_of(loss_fn, _AGG + tuple(exclude))
+    field = "entropy" if default_source == "current" else "old_entropy"
+    register_policy_loss(
+        name,
+        fn,
+        accepts=acc | {"entropy_source"},
+        required=req,
+        needs=(field,),
+        validate=_check_source(default_source),
+    )
+
+
+_entropy_policy("forking", _fork.forking_token_loss, "current")
+_entropy_policy("steer", _steer.steer_loss, "old")
+_entropy_policy("agentic_aepo", _agentic.aepo_agentic_loss, "current")
+_entropy_policy("hapo_clip", _hapo.hapo_loss, "current")
+
+_TEMP = ("temp_logp", "temp_rewards", "temp_mask", "temp_old_logp")
+
+
+def _aepo_policy(inputs, ctx, **kw):
+    who = "policy_loss 'aepo'"
+    temp = {n: _extra(inputs, n, who, optional=n == "temp_old_logp") for n in _TEMP}
+    args = (inputs.logp, inputs.old_logp, inputs.advantages, inputs.mask)
+    return _aepo.aepo_loss(*args, **temp, **ctx.agg_kw, **kw)
+
+
+register_policy_loss(
+    "aepo",
+    _aepo_policy,
+    accepts=kwargs_of(_aepo.aepo_loss, _AGG + _TEMP)[0],
+    needs=("extras.temp_logp", "extras.temp_rewards", "extras.temp_mask"),
+)
+
+
+# ------------------------------------------------------------------------------ regularizers
+_SCHED = ("schedule", "end_coef", "decay_steps", "warmup_steps", "warmup_init_coef")
+
+
+def _entropy_bonus(
+    inputs,
+    ctx,
+    *,
+    coef=1e-3,
+    entropy_agg_mode=None,
+    schedule=None,
+    end_coef=0.0,
+    decay_steps=1,
+    warmup_steps=0,
+    warmup_init_coef=0.0,
+):
+    """``−c·agg(H)``; with ``schedule`` the coefficient is ``entropy_coef_at(inputs.step, …)``."""
+    if inputs.entropy is None:
+        raise ValueError("regularizer 'entropy_bonus' needs inputs.entropy (current policy)")
+    if schedule is not None:
+        if inputs.step is None:
+            raise ValueError("regularizer 'entropy_bonus' with a schedule needs inputs.step")
+        coef = _ent.entropy_coef_at(
+            inputs.step,
+            kind=schedule,
+            init_value=coef,
+            end_value=end_coef,
+            decay_steps=decay_steps,
+            warmup_steps=warmup_steps,
+            warmup_init_value=warmup_init_coef,
+        )
+    loss, m = _ent.entropy_bonus(
+        inputs.entropy,
+        inputs.mask,
+        coef=coef,
+        loss_agg_mode=entropy_agg_mode or ctx.loss_agg_mode,
+        loss_scale_factor=ctx.loss_scale_factor,
+        axis_name=ctx.axis_name,
+    )
+    return loss, {"entropy/bonus_coef": m["entropy/coef"], "entropy/bonus_agg": m["entropy/mean"]}
+
+
+def _validate_bonus(kw):
+    if kw.get("entropy_agg_mode") not in (None, *AGG_MODES):
+        raise ValueError(f"entropy_agg_mode must be one of {AGG_MODES} or None")
+    if kw.get("schedule") is not None:
+        _ent.entropy_coef_schedule(
+            kind=kw["schedule"],
+            init_value=kw.get("coef", 1e-3),
+            decay_steps=kw.get("decay_steps", 1),
+            warmup_steps=kw.get("warmup_steps", 0),
+        )
+
+
+register_regularizer("entropy_bonus", _entropy_bonus, needs=("entropy",), validate=_validate_bonus)
+
+_ADAPT = tuple(f.name for f in __import__("dataclasses").fields(_ent.AdaptiveEntropyConfig))
+
+
+def _adaptive_cfg(kw):
+    return _ent.AdaptiveEntropyConfig(**{k: v for k, v in kw.items() if k in _ADAPT})
+
+
+def _adaptive_entropy(inputs, ctx, *, measure="current", entropy_agg_mode=None, **kw):
+    """Entropy bonus whose coefficient ``c`` is the controller's (gated) value for this step.
+
+    The controlled entropy is the stop-gradient token mean of ``inputs.entropy`` (``measure=
+    "current"``) or ``inputs.old_entropy`` (``"old"``) over the global batch.
+    """
+    cfg = _adaptive_cfg(kw)
+    if inputs.entropy is None:
+        raise ValueError("regularizer 'adaptive_entropy' needs inputs.entropy (current policy)")
+    h_meas = _sg(
+        masked_mean(
+            _entropy(inputs, measure, "adaptive_entropy"), inputs.mask, axis_name=ctx.axis_name
+        )
+    )
+    used, nxt, m = _ent.adaptive_entropy_update(ctx.state, h_meas, cfg)
+    loss, mb = _ent.entropy_bonus(
+        inputs.entropy,
+        inputs.mask,
+        coef=used,
+        loss_agg_mode=entropy_agg_mode or ctx.loss_agg_mode,
+        loss_scale_factor=ctx.loss_scale_factor,
+        axis_name=ctx.axis_name,
+    )
+    return loss, {
+        "entropy/adaptive_coef": used,
+        "entropy/adaptive_coef_next": nxt.coef,
+        "entropy/adaptive_target": m["entropy/target"],
+        "entropy/adaptive_measured": h_meas,
+        "entropy/adaptive_agg": mb["entropy/mean"],
+    }
+
+
+def _adaptive_update(state, metrics, kw):
+    _, nxt, _ = _ent.adaptive_entropy_update(
+        state, metrics["entropy/adaptive_measured"], _adaptive_cfg(kw)
+    )
+    return nxt, {"entropy/adaptive_coef_next": nxt.coef}
+
+
+def _validate_adaptive(kw):
+    _adaptive_cfg(kw)
+    if kw.get("measure", "current") not in _SOURCES:
+        raise ValueError(f"measure must be one of {_SOURCES}, got {kw['measure']!r}")
+    if kw.get("entropy_agg_mode") not in (None, *AGG_MODES):
+        raise ValueError(f"entropy_agg_mode must be one of {AGG_MODES} or None")
+
+
+register_regularizer(
+    "adaptive_entropy",
+    _adaptive_entropy,
+    accepts=set(_ADAPT) | {"measure", "entropy_agg_mode"},
+    needs=("entropy",),
+    init_state=lambda kw: _ent.adaptive_entropy_init(_adaptive_cfg(kw)),
+    update_state=_adaptive_update,
+    validate=_validate_adaptive,
+)
