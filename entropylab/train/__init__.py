@@ -1,5 +1,7 @@
 """Training stack: byte data + stdlib corpus, AdamW schedule, orbax checkpoints, metrics, LM loop.
 
+Example::
+
     train_tokens, heldout, info = stdlib_corpus()
     batches = LMBatches(train_tokens, batch_size=32, seq_len=128, seed=0)
     result = train(model, batches, TrainConfig(steps=1000, optim=OptimConfig()), workdir="runs/x")
@@ -17,6 +19,16 @@ from entropylab.train.data import (
     stdlib_files,
     write_token_file,
 )
+from entropylab.train.loop import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    init_state,
+    lm_loss,
+    make_eval_step,
+    make_train_step,
+    train,
+)
 from entropylab.train.metrics import MetricWriter, ProgressBar, read_jsonl
 from entropylab.train.optim import OptimConfig, decay_mask, lr_schedule, make_optimizer
 
@@ -29,14 +41,22 @@ __all__ = [
     "OptimConfig",
     "ProgressBar",
     "SFTBatches",
+    "TrainConfig",
+    "TrainResult",
     "abstract_like",
     "decay_mask",
+    "evaluate",
+    "init_state",
+    "lm_loss",
     "load_token_file",
     "lr_schedule",
+    "make_eval_step",
     "make_optimizer",
+    "make_train_step",
     "read_jsonl",
     "sft_example",
     "stdlib_corpus",
     "stdlib_files",
+    "train",
     "write_token_file",
 ]

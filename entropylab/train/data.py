@@ -212,6 +212,7 @@ class LMBatches:
         inputs  = window[:, :-1]   [B, T] int32
         targets = window[:, 1:]    [B, T] int32
         loss_mask = 1              [B, T] float32
+        attention_mask = 1         [B, T] int32   (same keys as SFT batches: one compiled step)
 
     State for checkpoints: ``{"position": i}`` (the next batch index).
     """
@@ -252,6 +253,7 @@ class LMBatches:
             "inputs": chunk[:, :-1],
             "targets": chunk[:, 1:],
             "loss_mask": np.ones((self.batch_size, self.seq_len), np.float32),
+            "attention_mask": np.ones((self.batch_size, self.seq_len), np.int32),
         }
 
     def __iter__(self):

@@ -1,0 +1,292 @@
+"""LM pre-training / SFT loop: functional NNX step under ``jax.jit``, eval, metrics, checkpoints.
+
+Loss (token-mean over the loss mask m; m = 1 everywhere for pre-training, response tokens for SFT):
+
+    L(θ) = Σ_{b,t} m_bt · (−log p_θ(y_bt | x_b,≤t)) / Σ_{b,t} m_bt,     ppl = exp(L)
+
+The model is split once (``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``) and the
+step ``(state, batch) -> (state, metrics)`` is a pure function jitted over a
+``("data", "fsdp", "tensor")`` mesh with the state donated (``entropylab.parallel``). The state
+pytree ``{"params", "opt_state", "step", "rng"}`` plus the data position is what a checkpoint
+holds, so a resumed run computes bit-identical steps: its metrics (all but wall-clock ones)
+equal the uninterrupted run's.
+
+Per-step JSONL record: ``loss, ppl, entropy`` (mean predictive token entropy over the mask),
+``grad_norm`` (before clipping), ``lr`` (used by this update), ``tokens_per_s`` (loss-mask tokens
+per wall second; wall-clock, so not reproducible), ``attn_entropy`` (``[L]`` per-layer mean over
+heads, when enabled), and ``eval_loss, eval_ppl`` every ``eval_every`` steps. The host fetches
+step t's metrics after dispatching step t+1 so logging does not stall the device.
+
+References: arXiv:1711.05101 (AdamW); flax ``examples/gemma/train.py`` (functional NNX step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from entropylab import parallel
+from entropylab.ops import logprobs_and_entropy, masked_mean
+from entropylab.train.checkpoint import Checkpointer, abstract_like
+from entropylab.train.metrics import MetricWriter, ProgressBar, to_python
+from entropylab.train.optim import OptimConfig, lr_schedule, make_optimizer
+
+WALL_CLOCK_METRICS = ("tokens_per_s", "step_time_s")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Loop settings (model and data are passed separately)."""
+
+    steps: int
+    optim: OptimConfig
+    eval_every: int = 0
+    eval_batches: int = 4
+    save_every: int = 0
+    keep: int = 3
+    seed: int = 0
+    attn_entropy: bool = False
+    mesh: parallel.MeshConfig = parallel.MeshConfig()
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = never), got {getattr(self, name)}")
+        if self.eval_batches <= 0:
+            raise ValueError(f"eval_batches must be >= 1, got {self.eval_batches}")
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1, got {self.keep}")
+        if not isinstance(self.optim, OptimConfig):
+            raise ValueError(f"optim must be an OptimConfig, got {type(self.optim).__name__}")
+
+
+def lm_loss(graphdef, params, rest, batch, *, attn_entropy: bool = False):
+    """Token-mean next-token NLL under ``batch["loss_mask"]`` -> ``(loss, metrics)``.
+
+    ``batch``: ``inputs``, ``targets`` int ``[B, T]``, ``loss_mask`` ``[B, T]`` and optionally
+    ``attention_mask`` ``[B, T]`` (1 = real token).
+    """
+    model = nnx.merge(graphdef, params, rest)
+    logits, aux = model(
+        batch["inputs"],
+        attention_mask=batch.get("attention_mask"),
+        return_attn_entropy=attn_entropy,
+    )
+    logp, ent = logprobs_and_entropy(logits, batch["targets"])
+    mask = batch["loss_mask"]
+    loss = -masked_mean(logp, mask)
+    metrics = {"loss": loss, "entropy": masked_mean(ent, mask)}
+    if attn_entropy:
+        metrics["attn_entropy"] = jnp.mean(aux["attn_entropy"], axis=-1)  # [L]
+    return loss, metrics
+
+
+def init_state(model: nnx.Module, optimizer: optax.GradientTransformation, seed: int):
+    """``(graphdef, rest, state)`` with ``state = {params, opt_state, step, rng}``."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
+    return graphdef, rest, state
+
+
+def make_train_step(graphdef, rest, optimizer, schedule, *, attn_entropy: bool = False):
+    """Pure ``step(state, batch) -> (state, metrics)`` (jit it with ``parallel.jit_train_step``)."""
+
+    def step(state, batch):
+        def loss_fn(params):
+            return lm_loss(graphdef, params, rest, batch, attn_entropy=attn_entropy)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+        new_state = {
+            "params": params,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],  # no stochastic layers; kept so checkpoints carry the key
+        }
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(graphdef, rest):
+    def eval_step(params, batch):
+        return lm_loss(graphdef, params, rest, batch)[1]
+
+    return jax.jit(eval_step)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_steps(graphdef, optim_cfg, attn_entropy, mesh, treedef, shapes):
+    """Jitted (train, eval) steps for a model with no non-parameter state, cached by structure."""
+    rest = nnx.State({})
+    step = make_train_step(
+        graphdef, rest, make_optimizer(optim_cfg), lr_schedule(optim_cfg), attn_entropy=attn_entropy
+    )
+    abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    return parallel.jit_train_step(step, mesh, abstract), make_eval_step(graphdef, rest)
+
+
+def evaluate(eval_fn, params, batches, mesh) -> dict[str, float]:
+    """Mean loss over fixed eval batches (weighted by loss-mask tokens)."""
+    tot, n = 0.0, 0.0
+    for batch in batches:
+        m = eval_fn(params, parallel.shard_batch(batch, mesh))
+        w = float(np.sum(batch["loss_mask"]))
+        tot += float(m["loss"]) * w
+        n += w
+    loss = tot / max(n, 1.0)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 80.0))}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: dict
+    graphdef: object
+    rest: object
+    history: list[dict]
+    resumed_from: int | None
+    wall_s: float
+
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.state["params"], self.rest)
+
+
+def train(
+    model: nnx.Module,
+    train_batches,
+    cfg: TrainConfig,
+    *,
+    eval_batches=None,
+    workdir=None,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_batches`` (an :class:`~entropylab.train.data.LMBatches`-like
+    iterator with ``state()``/``restore()``/``batch_at()``).
+
+    Args:
+      eval_batches: an iterator with ``batch_at(i)``; batches ``0 … cfg.eval_batches−1`` are the
+        fixed eval set.
+      workdir: writes ``metrics.jsonl`` and ``checkpoints/`` there (None = nothing on disk).
+      resume: restore the latest checkpoint in ``workdir/checkpoints`` if there is one.
+      stop_after: stop once this step is reached (a simulated interruption / time budget).
+    """
+    t_start = time.perf_counter()
+    optimizer = make_optimizer(cfg.optim)
+    schedule = lr_schedule(cfg.optim)
+    graphdef, rest, state = init_state(model, optimizer, cfg.seed)
+    mesh = parallel.make_mesh(cfg.mesh)
+    state = parallel.shard_state(state, mesh)
+    rest = jax.device_put(rest, parallel.replicated(mesh))
+
+    ckpt = None
+    resumed_from = None
+    if workdir is not None:
+        workdir = Path(workdir)
+        ckpt = Checkpointer(workdir / "checkpoints", save_every=cfg.save_every, keep=cfg.keep)
+        if not resume and ckpt.latest_step() is not None:
+            raise ValueError(
+                f"{workdir / 'checkpoints'} already holds checkpoints; resume or use a new workdir"
+            )
+        if resume and ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(abstract_like(state))
+            train_batches.restore(meta["data"])
+            resumed_from = meta["step"]
+    start = int(state["step"])
+    writer = (
+        MetricWriter(workdir / "metrics.jsonl", resume_step=resumed_from)
+        if workdir is not None
+        else None
+    )
+
+    if jax.tree.leaves(rest):  # non-parameter model state: build fresh (closure constants)
+        step_fn = parallel.jit_train_step(
+            make_train_step(graphdef, rest, optimizer, schedule, attn_entropy=cfg.attn_entropy),
+            mesh,
+            state,
+        )
+        eval_fn = make_eval_step(graphdef, rest)
+    else:  # the usual case: reuse compiled steps across train() calls in one process
+        leaves, treedef = jax.tree.flatten(abstract_like(state))
+        shapes = tuple((x.shape, x.dtype) for x in leaves)
+        step_fn, eval_fn = _compiled_steps(
+            graphdef, cfg.optim, cfg.attn_entropy, mesh, treedef, shapes
+        )
+    eval_set = [eval_batches.batch_at(i) for i in range(cfg.eval_batches)] if eval_batches else None
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = ProgressBar(cfg.steps, initial=start, enabled=cfg.progress)
+    history: list[dict] = []
+
+    def finish(item, now, extra=None):
+        s, metrics, n_tok, t_ref = item
+        rec = {k: to_python(v) for k, v in metrics.items()}
+        rec["ppl"] = math.exp(min(rec["loss"], 80.0))
+        dt = now - t_ref
+        rec["step_time_s"], rec["tokens_per_s"] = dt, n_tok / dt if dt > 0 else float("nan")
+        rec.update(extra or {})
+        record = writer.write(s, rec) if writer else {"step": s, **rec}
+        history.append(record)
+        bar.update(1, loss=rec["loss"])
+
+    # Step t's metrics are fetched after step t+1 is dispatched, except at sync points (eval,
+    # checkpoint, last step), where the state after step t is needed before going on.
+    pending = None  # (step, metrics, n_tokens, t_ref): t_ref = when the device became free
+    for s in range(start + 1, end + 1):
+        batch = next(train_batches)
+        t_dispatch = time.perf_counter()
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+        t_ref = t_dispatch
+        if pending is not None:
+            t_ref = _block(pending[1])
+            finish(pending, t_ref)
+        pending = (s, metrics, float(np.sum(batch["loss_mask"])), t_ref)
+        do_eval = (
+            eval_set is not None and cfg.eval_every and (s % cfg.eval_every == 0 or s == cfg.steps)
+        )
+        do_save = ckpt is not None and (
+            cfg.save_every and s % cfg.save_every == 0 or s == cfg.steps
+        )
+        if do_eval or do_save or s == end:
+            now = _block(metrics)
+            extra = evaluate(eval_fn, state["params"], eval_set, mesh) if do_eval else None
+            finish(pending, now, extra)
+            pending = None
+        if do_save:
+            ckpt.save(s, state, data_state=train_batches.state(), meta={"config": repr(cfg)})
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if ckpt is not None:
+        ckpt.close()
+    return TrainResult(
+        state=state,
+        graphdef=graphdef,
+        rest=rest,
+        history=history,
+        resumed_from=resumed_from,
+        wall_s=time.perf_counter() - t_start,
+    )
+
+
+def _block(metrics) -> float:
+    jax.block_until_ready(metrics)
+    return time.perf_counter()
