@@ -35,22 +35,31 @@ before the advantages are computed and live in :mod:`entropylab.losses.rewards` 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 
 from entropylab.losses import aepo as _aepo
 from entropylab.losses import aepo_agentic as _agentic
+from entropylab.losses import ares as _ares
 from entropylab.losses import covariance as _cov
 from entropylab.losses import entropy as _ent
+from entropylab.losses import ettrl as _ettrl_mod
 from entropylab.losses import forking as _fork
 from entropylab.losses import hapo as _hapo
+from entropylab.losses import hicra as _hicra_mod
+from entropylab.losses import kl as _kl
 from entropylab.losses import policy as _pol
+from entropylab.losses import siren as _siren_mod
 from entropylab.losses import steer as _steer
 from entropylab.losses.registry import (
     kwargs_of,
+    register_advantage_shaper,
     register_policy_loss,
     register_regularizer,
 )
-from entropylab.ops.masked import AGG_MODES, masked_mean
+from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean
 
 _sg = jax.lax.stop_gradient
 _AGG = ("loss_agg_mode", "loss_scale_factor", "axis_name")
@@ -225,7 +234,7 @@ def _validate_bonus(kw):
 
 register_regularizer("entropy_bonus", _entropy_bonus, needs=("entropy",), validate=_validate_bonus)
 
-_ADAPT = tuple(f.name for f in __import__("dataclasses").fields(_ent.AdaptiveEntropyConfig))
+_ADAPT = tuple(f.name for f in dataclasses.fields(_ent.AdaptiveEntropyConfig))
 
 
 def _adaptive_cfg(kw):
@@ -288,3 +297,241 @@ register_regularizer(
     update_state=_adaptive_update,
     validate=_validate_adaptive,
 )
+
+
+def _siren(
+    inputs,
+    ctx,
+    *,
+    anchor=None,
+    top_p=0.8,
+    top_k=10000,
+    temperature=1.0,
+    normalize_over="vocab",
+    **kw,
+):
+    """SIREN ``c·(H_sel − sg(H_anchor))²`` on the top-p entropy of the current policy.
+
+    ``H^p`` is ``inputs.extras["entropy_p"]`` if given, else :func:`top_p_entropy` of
+    ``inputs.logits``. The anchor is ``anchor`` if given, else the state's (set by
+    ``update_state`` from the first step's ``H_sel`` of the rollout top-p entropies:
+    ``extras["old_entropy_p"]``, or the detached current ones, equal on the first on-policy
+    mini-batch). ``entropy_agg_mode`` defaults to SIREN's ``seq-mean-token-mean``.
+    """
+    ex = inputs.extras or {}
+    if "entropy_p" in ex:
+        ep = ex["entropy_p"]
+    elif inputs.logits is not None:
+        ep = _siren_mod.top_p_entropy(
+            inputs.logits,
+            top_p=top_p,
+            top_k=top_k,
+            temperature=temperature,
+            normalize_over=normalize_over,
+        )
+    else:
+        raise ValueError("regularizer 'siren' needs inputs.logits or inputs.extras['entropy_p']")
+    st = ctx.state
+    if anchor is not None:
+        a = anchor
+    elif kw.get("form", "anchored") == "anchored":
+        old = ex.get("old_entropy_p", _sg(ep))
+        now = _siren_mod.siren_anchor(
+            old,
+            inputs.mask,
+            mask_quantile=kw.get("mask_quantile", 0.8),
+            entropy_agg_mode=kw.get("entropy_agg_mode", "seq-mean-token-mean"),
+            axis_name=ctx.axis_name,
+        )
+        a = jnp.where(st["initialized"], st["anchor"].astype(now.dtype), now)
+    else:
+        a = None
+    return _siren_mod.siren_regularizer(ep, inputs.mask, anchor=a, axis_name=ctx.axis_name, **kw)
+
+
+def _siren_update(state, metrics, kw):
+    anchor = jnp.where(
+        state["initialized"], state["anchor"], metrics["entropy/siren_anchor"].astype(jnp.float32)
+    )
+    return {"anchor": anchor, "initialized": jnp.ones((), bool)}, {"entropy/siren_anchor": anchor}
+
+
+_SIREN_ACCEPTS = kwargs_of(_siren_mod.siren_regularizer, ("anchor", "axis_name"))[0] | {
+    "anchor",
+    "top_p",
+    "top_k",
+    "temperature",
+    "normalize_over",
+}
+
+
+register_regularizer(
+    "siren",
+    _siren,
+    accepts=_SIREN_ACCEPTS,
+    init_state=lambda kw: {
+        "anchor": jnp.zeros((), jnp.float32),
+        "initialized": jnp.zeros((), bool),
+    },
+    update_state=_siren_update,
+)
+
+
+def _aepo_reg(inputs, ctx, *, coef=1.0, **kw):
+    """``α · agg(−R·log π_θ)`` on the temperature samples (AEPO paper form, not pooled)."""
+    who = "regularizer 'aepo'"
+    temp_old = _extra(inputs, "temp_old_logp", who, optional=True)
+    loss, m = _aepo.aepo_reinforce_loss(
+        _extra(inputs, "temp_logp", who),
+        _extra(inputs, "temp_rewards", who),
+        _extra(inputs, "temp_mask", who),
+        old_logp=temp_old,
+        **ctx.agg_kw,
+        **kw,
+    )
+    return coef * loss, {**m, "aepo/reinforce_coef": jnp.asarray(coef, loss.dtype)}
+
+
+def _validate_coef(kw):
+    if not kw.get("coef", 1.0) >= 0:
+        raise ValueError(f"coef must be >= 0, got {kw['coef']}")
+
+
+register_regularizer(
+    "aepo",
+    _aepo_reg,
+    accepts=kwargs_of(_aepo.aepo_reinforce_loss, _AGG + ("old_logp",))[0] | {"coef"},
+    needs=("extras.temp_logp", "extras.temp_rewards", "extras.temp_mask"),
+    validate=_validate_coef,
+)
+
+_BUCKETS = ("easy", "medium", "hard")
+
+
+def _ares_update_kw(kw):
+    return {k: v for k, v in kw.items() if k not in ("kl_coef", "kind")}
+
+
+def _ares_kl(inputs, ctx, *, kl_coef=1e-2, kind="low_var_kl", **kw):
+    """ARES dynamic KL: ``agg(kl_coef · β_{d(i)} · KL_kind)``, β per difficulty bucket (state).
+
+    ``extras["difficulty"]`` ``[B]`` holds each sample's bucket (0 easy, 1 medium, 2 hard,
+    :func:`ares_difficulty_buckets`). Use instead of ``kl_coef`` in the config.
+    """
+    b = jnp.asarray(_extra(inputs, "difficulty", "regularizer 'ares_kl'"))
+    coefs = _ares.ares_kl_coefficients(ctx.state, b, kl_coef=kl_coef)
+    k = _kl.kl_penalty(inputs.logp, inputs.ref_logp, kind=kind)
+    loss = aggregate(
+        coefs[:, None].astype(k.dtype) * k,
+        inputs.mask,
+        ctx.loss_agg_mode,
+        loss_scale_factor=ctx.loss_scale_factor,
+        axis_name=ctx.axis_name,
+    )
+    m = {}
+    valid = jnp.asarray(inputs.mask) != 0
+    for d, nm in enumerate(_BUCKETS):
+        sel = valid & (b == d)[:, None]
+        m[f"ares/kl_{nm}"] = masked_mean(_sg(k), sel, axis_name=ctx.axis_name)
+        m[f"ares/tokens_{nm}"] = masked_count(sel, axis_name=ctx.axis_name)
+        m[f"ares/beta_{nm}"] = ctx.state.beta[d]
+    return loss, m
+
+
+def _ares_kl_update(state, metrics, kw):
+    kl = jnp.stack([metrics[f"ares/kl_{n}"] for n in _BUCKETS])
+    present = jnp.stack([metrics[f"ares/tokens_{n}"] > 0 for n in _BUCKETS])
+    new = _ares.ares_kl_update(state, kl, present, **_ares_update_kw(kw))
+    return new, {f"ares/beta_next_{n}": new.beta[d] for d, n in enumerate(_BUCKETS)}
+
+
+def _validate_ares(kw):
+    _kl.kl_penalty(jnp.zeros(1), jnp.zeros(1), kind=kw.get("kind", "low_var_kl"))
+    if not kw.get("kl_coef", 1e-2) >= 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kw['kl_coef']}")
+
+
+register_regularizer(
+    "ares_kl",
+    _ares_kl,
+    accepts=kwargs_of(_ares.ares_kl_update)[0] | {"kl_coef", "kind"},
+    needs=("ref_logp", "extras.difficulty"),
+    init_state=lambda kw: _ares.ares_kl_init(target_kl=kw.get("target_kl", 0.01)),
+    update_state=_ares_kl_update,
+    validate=_validate_ares,
+)
+
+
+# ------------------------------------------------------------------------- advantage shapers
+def _pmean(metrics, axis_name):
+    """Per-device means over equal-size local batches → global means (group-local metrics)."""
+    if axis_name is None:
+        return metrics
+    return {k: jax.lax.pmean(v, axis_name) for k, v in metrics.items()}
+
+
+def _hicra(inputs, ctx, *, entropy_source="old", **kw):
+    """HICRA ``A + α|A|`` on planning tokens: ``extras["planning_mask"]`` if given, else the
+    per-response top-ρ entropy tokens of ``entropy_source`` (default: rollout entropy)."""
+    plan = (inputs.extras or {}).get("planning_mask")
+    h = None if plan is not None else _entropy(inputs, entropy_source, "advantage_shaper 'hicra'")
+    return _hicra_mod.hicra_advantages(
+        inputs.advantages, inputs.mask, planning_mask=plan, entropy=h, axis_name=ctx.axis_name, **kw
+    )
+
+
+register_advantage_shaper(
+    "hicra",
+    _hicra,
+    accepts=kwargs_of(_hicra_mod.hicra_advantages, ("planning_mask", "entropy", "axis_name"))[0]
+    | {"entropy_source"},
+    validate=_check_source("old"),
+)
+
+
+def _ettrl(inputs, ctx, *, entropy_source="old", **kw):
+    """ETTRL entropy-based advantage reshaping with the responses' (rollout) entropy."""
+    h = _entropy(inputs, entropy_source, "advantage_shaper 'ettrl'")
+    adv, m = _ettrl_mod.ettrl_advantages(inputs.advantages, h, inputs.mask, **kw)
+    return adv, _pmean(m, ctx.axis_name)
+
+
+register_advantage_shaper(
+    "ettrl",
+    _ettrl,
+    accepts=kwargs_of(_ettrl_mod.ettrl_advantages)[0] | {"entropy_source"},
+    required=("group_size",),
+    validate=_check_source("old"),
+)
+
+
+def _hapo_shaper(inputs, ctx, **kw):
+    """HAPO token-level group average: advantages from ``extras["rewards"]`` ``[B]``
+    (replacing ``inputs.advantages``), groups = ``group_size`` consecutive rows."""
+    r = _extra(inputs, "rewards", "advantage_shaper 'hapo'")
+    adv, m = _hapo.hapo_token_group_advantages(r, inputs.mask, **kw)
+    return adv.astype(jnp.result_type(inputs.advantages)), _pmean(m, ctx.axis_name)
+
+
+register_advantage_shaper(
+    "hapo",
+    _hapo_shaper,
+    accepts=kwargs_of(_hapo.hapo_token_group_advantages)[0],
+    required=("group_size",),
+    needs=("extras.rewards",),
+)
+
+
+def _agentic_shaper(inputs, ctx, *, entropy_source="current", alpha=0.2):
+    """Agentic-AEPO entropy-aware advantages ``A·(1 + α·z(H))`` (alone, without its clip)."""
+    h = _entropy(inputs, entropy_source, "advantage_shaper 'agentic_aepo'")
+    adv, m = _agentic.entropy_aware_advantages(
+        inputs.advantages, h, inputs.mask, alpha=alpha, axis_name=ctx.axis_name
+    )
+    return adv, {
+        "aepo/shaper_entropy_mean": m["aepo/entropy_mean"],
+        "aepo/shaper_entropy_std": m["aepo/entropy_std"],
+    }
+
+
+register_advantage_shaper("agentic_aepo", _agentic_shaper, validate=_check_source("current"))
