@@ -8,6 +8,7 @@ logits, aux = forward(graphdef, state, tokens)
 """
 
 from entropylab.models.config import TransformerConfig
+from entropylab.models.hf_import import config_from_hf, load_hf_checkpoint
 from entropylab.models.rope import (
     RopeConfig,
     apply_rope,
@@ -25,7 +26,9 @@ __all__ = [
     "TransformerConfig",
     "apply_rope",
     "attention_logit_scale",
+    "config_from_hf",
     "forward",
+    "load_hf_checkpoint",
     "rope_config_from_hf",
     "rope_frequencies",
     "rope_types",
