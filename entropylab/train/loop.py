@@ -165,6 +165,8 @@ class TrainResult:
     history: list[dict]
     resumed_from: int | None
     wall_s: float
+    eval_fn: object = None  # jitted ``(params, batch) -> metrics`` (for evaluate())
+    mesh: object = None
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.state["params"], self.rest)
@@ -284,6 +286,8 @@ def train(
         history=history,
         resumed_from=resumed_from,
         wall_s=time.perf_counter() - t_start,
+        eval_fn=eval_fn,
+        mesh=mesh,
     )
 
 
