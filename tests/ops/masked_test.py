@@ -68,6 +68,9 @@ def _data(seed, b=8, t=6, p=0.6):
     return x, m
 
 
+_quantile = jax.jit(masked_quantile)
+_agg = jax.jit(aggregate, static_argnames=("mode",))
+
 # ---------------------------------------------------------------- hand-checkable cases
 
 X34 = np.arange(1.0, 13.0, dtype=np.float32).reshape(3, 4)
@@ -84,7 +87,7 @@ M34 = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
     ],
 )
 def test_aggregate_hand_3x4(mode, want):
-    np.testing.assert_allclose(aggregate(X34, M34, mode), want, rtol=1e-6)
+    np.testing.assert_allclose(_agg(X34, M34, mode), want, rtol=1e-6)
     np.testing.assert_allclose(np_aggregate(X34, M34, mode), want, rtol=1e-12)
 
 
@@ -112,31 +115,45 @@ def test_hand_mean_var_quantile():
     np.testing.assert_allclose(masked_var(X34, M34), sel.var(ddof=1), rtol=1e-6)
     np.testing.assert_allclose(masked_var(X34, M34, unbiased=False), sel.var(), rtol=1e-6)
     # median of 6 values: between 5 and 6; q=0.8 at position 4 → 7
-    np.testing.assert_allclose(masked_quantile(X34, M34, [0.5, 0.8, 0.0, 1.0]), [5.5, 7, 1, 8])
+    np.testing.assert_allclose(_quantile(X34, M34, jnp.array([0.5, 0.8, 0, 1])), [5.5, 7, 1, 8])
 
 
 # ---------------------------------------------------------------- random cases vs NumPy
+
+
+@jax.jit
+def _random_case(x, m):
+    return dict(
+        mean=masked_mean(x, m),
+        mean_b=masked_mean(x, m, axis=-1),
+        var_t=masked_var(x, m, axis=0),
+        var=masked_var(x, m),
+        var_biased=masked_var(x, m, unbiased=False),
+        whiten=masked_whiten(x, m),
+        whiten_noshift=masked_whiten(x, m, shift_mean=False),
+        agg=jnp.stack([aggregate(x, m, mode) for mode in AGG_MODES]),
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_vs_numpy(seed, x64):
     x, m = _data(seed)
     x = x.astype(np.float64)
-    np.testing.assert_allclose(masked_mean(x, m), np_mean(x, m), rtol=1e-12)
+    got = _random_case(x, m)
+    assert got["mean"].dtype == jnp.float64
+    np.testing.assert_allclose(got["mean"], np_mean(x, m), rtol=1e-12)
+    np.testing.assert_allclose(got["mean_b"], [np_mean(x[i], m[i]) for i in range(len(x))], 1e-12)
     np.testing.assert_allclose(
-        masked_mean(x, m, axis=-1), [np_mean(x[i], m[i]) for i in range(len(x))], rtol=1e-12
+        got["var_t"], [np_var(x[:, j], m[:, j]) for j in range(x.shape[1])], 1e-12
     )
+    np.testing.assert_allclose(got["var"], np_var(x, m), rtol=1e-12)
+    np.testing.assert_allclose(got["var_biased"], np_var(x, m, False), rtol=1e-12)
+    np.testing.assert_allclose(got["whiten"], np_whiten(x, m), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(
-        masked_var(x, m, axis=0), [np_var(x[:, j], m[:, j]) for j in range(x.shape[1])], 1e-12
+        got["whiten_noshift"], np_whiten(x, m, False), rtol=1e-10, atol=1e-12
     )
-    for unbiased in (True, False):
-        np.testing.assert_allclose(masked_var(x, m, unbiased=unbiased), np_var(x, m, unbiased))
-    for shift in (True, False):
-        np.testing.assert_allclose(
-            masked_whiten(x, m, shift_mean=shift), np_whiten(x, m, shift), rtol=1e-10, atol=1e-12
-        )
-    for mode in AGG_MODES:
-        np.testing.assert_allclose(aggregate(x, m, mode), np_aggregate(x, m, mode), rtol=1e-12)
+    want = [np_aggregate(x, m, mode) for mode in AGG_MODES]
+    np.testing.assert_allclose(got["agg"], want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -148,11 +165,11 @@ def test_quantile_equals_numpy(seed):
     m[rng.integers(n)] = True
     q = np.array([0.0, 0.1, 0.25, 0.5, 0.8, 0.95, 1.0])
     want = np.quantile(x[m].astype(np.float64), q)
-    np.testing.assert_allclose(masked_quantile(x, m, q), want, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(masked_quantile(x, m, 0.3), np.quantile(x[m], 0.3), rtol=1e-6)
+    np.testing.assert_allclose(_quantile(x, m, q), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_quantile(x, m, 0.3), np.quantile(x[m], 0.3), rtol=1e-6)
     # a NaN or inf under the mask is ignored
     x2 = np.where(m, x, np.nan)
-    np.testing.assert_allclose(masked_quantile(x2, m, q), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_quantile(x2, m, q), want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="q must be"):
         masked_quantile(x, m, 1.5)
 
