@@ -69,8 +69,10 @@ def test_mask_vs_numpy(seed, rho, selection):
         np.testing.assert_array_equal(got, np_mask(h, m, rho, selection))
 
 
-@pytest.mark.parametrize("normalization", ["all_tokens", "selected_tokens"])
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize(
+    "normalization,mode",
+    [("all_tokens", "token-mean"), ("selected_tokens", "seq-mean-token-mean")],
+)
 def test_loss_and_grad_vs_numpy(x64, normalization, mode):
     lp, old, adv, m, h = _batch(3)
     f = jax.jit(
@@ -119,10 +121,12 @@ def test_empty_mask_and_vmap():
         f = lambda x, norm=norm: forking_token_loss(  # noqa: E731
             x, old, adv, empty, entropy=h, normalization=norm
         )
-        (loss, met), g = jax.value_and_grad(f, has_aux=True)(jnp.asarray(lp_inf, jnp.float32))
+        (loss, met), g = jax.jit(jax.value_and_grad(f, has_aux=True))(
+            jnp.asarray(lp_inf, jnp.float32)
+        )
         assert loss == 0 and np.all(np.asarray(g) == 0)
         assert all(np.isfinite(v) for v in met.values())
-    v = jax.vmap(lambda e, mm: forking_token_mask(e, mm, selection="topk"))(
+    v = jax.jit(jax.vmap(lambda e, mm: forking_token_mask(e, mm, selection="topk")))(
         np.stack([h, -h]), np.stack([m, m])
     )
     np.testing.assert_array_equal(v[1], np_mask(-h, m, 0.2, "topk"))

@@ -88,10 +88,11 @@ def test_top_p_entropy_vs_numpy(x64, over, top_k, top_p):
 def test_top_p_entropy_grads(x64):
     rng = np.random.default_rng(1)
     z = rng.normal(0, 1.5, (2, 3, 12))
-    check_grads(lambda x: top_p_entropy(x, top_p=0.7).sum(), (z,), order=1, modes=["rev"])
+    f = jax.jit(lambda x: top_p_entropy(x, top_p=0.7).sum())
+    check_grads(f, (z,), order=1, modes=["rev"])
     z[0, 0, :4] = -np.inf
     z[1, 2, :] = -np.inf
-    g = jax.grad(lambda x: top_p_entropy(x, top_p=0.9).sum())(jnp.asarray(z))
+    g = jax.jit(jax.grad(lambda x: top_p_entropy(x, top_p=0.9).sum()))(jnp.asarray(z))
     assert np.all(np.isfinite(g))
 
 
@@ -108,7 +109,8 @@ def test_regularizer_value_and_grad_vs_numpy(x64):
     _, _, _, m, h = _batch(1)
     anchor = 0.05
     f = lambda e, a: siren_regularizer(e, m, anchor=a, coef=0.3)  # noqa: E731
-    (loss, met), (g, g_a) = jax.value_and_grad(f, (0, 1), has_aux=True)(jnp.asarray(h), anchor)
+    vg = jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))
+    (loss, met), (g, g_a) = vg(jnp.asarray(h), anchor)
     hs, sel = np_h_sel(h, m, 0.8)
     np.testing.assert_allclose(loss, 0.3 * (hs - anchor) ** 2, rtol=1e-10)
     n = m.sum(1)
@@ -128,13 +130,13 @@ def test_regularizer_value_and_grad_vs_numpy(x64):
 def test_siren_loss_end_to_end_from_logits():
     lp, old, adv, m, _ = _batch(2, b=4, t=6)
     logits = np.random.default_rng(3).normal(0, 2, (4, 6, 32)).astype(np.float32)
-    anchor = siren_anchor(top_p_entropy(logits), m)
+    anchor = jax.jit(lambda lg: siren_anchor(top_p_entropy(lg), m))(logits)
 
     def f(lg, x):
         hp = top_p_entropy(lg)
         return siren_loss(x, old, adv, m, entropy_p=hp, anchor=anchor + 0.1, coef=1.0)
 
-    (loss, met), (g_lg, g_lp) = jax.value_and_grad(f, (0, 1), has_aux=True)(logits, lp)
+    (loss, met), (g_lg, g_lp) = jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(logits, lp)
     pg, _ = ppo_clip_loss(
         lp,
         old,
