@@ -77,10 +77,13 @@ def score(task, tokenizer, problems, responses, finished) -> np.ndarray:
     return out
 
 
-def sft_warmstart(model, task, tokenizer, cfg: SFTConfig, *, prompt_width: int, max_new: int):
+def sft_warmstart(
+    model, task, tokenizer, cfg: SFTConfig, *, prompt_width: int, max_new: int, log=None
+):
     """Train ``model`` in place until greedy held-out accuracy ≥ ``cfg.target_accuracy``.
 
-    Returns a history list of ``{"step", "loss", "acc", "acc_d*"}`` records (one per eval).
+    Returns a history list of ``{"step", "loss", "acc", "acc_d*"}`` records (one per eval);
+    ``log(record)`` is called on each as it is made.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = optax.adamw(cfg.learning_rate, b1=0.9, b2=0.98, weight_decay=0.0)
@@ -121,6 +124,8 @@ def sft_warmstart(model, task, tokenizer, cfg: SFTConfig, *, prompt_width: int, 
                 sampler, full_state(params), task, tokenizer, eval_set, prompt_width
             )
             history.append({"step": i, "loss": float(loss), "time_s": time.time() - t0, **acc})
+            if log is not None:
+                log(history[-1])
             if acc["acc"] >= cfg.target_accuracy:
                 break
     nnx.update(model, params)

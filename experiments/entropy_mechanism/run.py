@@ -148,7 +148,15 @@ def run(preset_name: str, out: Path, *, progress: bool = True) -> dict:
         model = build_model(p.model, tok.vocab_size, seed)
         sft_cfg = dataclasses.replace(p.sft, seed=seed)
         hist = sft_warmstart(
-            model, task, tok, sft_cfg, prompt_width=p.rl.prompt_width, max_new=p.rl.max_new_tokens
+            model,
+            task,
+            tok,
+            sft_cfg,
+            prompt_width=p.rl.prompt_width,
+            max_new=p.rl.max_new_tokens,
+            log=(lambda r, seed=seed: print(f"sft seed {seed}: {r}", flush=True))
+            if progress
+            else None,
         )
         (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
         sft_info[seed] = hist[-1]
