@@ -140,8 +140,9 @@ def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, bl
             dz = dz - g_h[:, None] * p * (zm - ratio[:, None])  # z − μ; p = 0 where masked
         if temp != 1.0:
             dz = dz / jnp.asarray(temp, acc)
-        dh = dh + jnp.dot(dz, w.T.astype(acc), preferred_element_type=acc)
-        dw_blk = jnp.dot(h_dw.T.astype(acc), dz, preferred_element_type=acc)
+        # dz Wᵀ and hᵀ dz as contractions (no transposed copies of h or W).
+        dh = dh + lax.dot_general(dz, w.astype(acc), (((1,), (1,)), ((), ())))
+        dw_blk = lax.dot_general(h_dw.astype(acc), dz, (((0,), (0,)), ((), ())))
         old = lax.dynamic_slice_in_dim(dw, start, block, axis=1)
         dw = lax.dynamic_update_slice_in_dim(dw, old + dw_blk, start, axis=1)
         return dh, dw
