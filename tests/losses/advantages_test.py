@@ -150,14 +150,18 @@ def test_grpo_distributed():
     rng = np.random.default_rng(1)
     r = (rng.random(32) < 0.4).astype(np.float32)
     mask = rng.random((32, 5)) < 0.8
-    # groups of 4 stay on one device (4 rows per device) …
-    assert_matches_distributed(
-        lambda r, m, *, axis_name: grpo_advantages(r, group_size=4, mask=m), (r, mask), {}
-    )
-    # … and with group_ids the groups may straddle devices (all-gathered statistics).
     ids = rng.permutation(np.repeat(np.arange(4), 8))
-    for fn in (grpo_advantages, rloo_advantages):
-        assert_matches_distributed(fn, (r, ids), {}, atol=1e-5, methods=("shard_map",))
+
+    def all_estimators(r, m, ids, *, axis_name=None):
+        return (
+            # groups of 4 stay on one device (4 rows per device): no axis_name needed …
+            grpo_advantages(r, group_size=4, mask=m),
+            # … and with group_ids the groups straddle devices (all-gathered statistics).
+            grpo_advantages(r, ids, axis_name=axis_name),
+            rloo_advantages(r, ids, axis_name=axis_name),
+        )
+
+    assert_matches_distributed(all_estimators, (r, mask, ids), {}, atol=1e-5)
 
 
 def test_grpo_bad_input():
