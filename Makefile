@@ -17,9 +17,11 @@ $(STAMP_TEST): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,hf]"
 	touch $(STAMP_TEST)
 
-# The main job on its tiny default.
+# The main job on its tiny default: the Entropy Mechanism study (SFT warm start, then GRPO with
+# no entropy control / entropy bonus / Clip-Cov / KL-Cov, 2 seeds); results and plots are written to
+# runs/entropy_mechanism/tiny/ (RESULTS.md, summary.json, *.png, per-arm metrics.jsonl).
 run: $(STAMP)
-	$(PY) -m bench.entropy_memory
+	$(PY) -m experiments.entropy_mechanism.run --preset tiny --out runs/entropy_mechanism/tiny
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
@@ -34,6 +36,9 @@ test: lint
 
 bench: $(STAMP_TEST)
 	$(PY) -m bench.entropy_memory
+	$(PY) -m bench.train_step
+	$(PY) -m bench.rollout
+	$(PY) -m bench.grpo_step
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
