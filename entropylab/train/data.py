@@ -5,8 +5,8 @@
   (the analogue of CodeParrot). Files are taken in sorted relative-path order; tests
   (``test``/``tests``/``idle_test`` folders) and ``site-packages`` are excluded. A file goes to the
   held-out split when ``crc32(relative_path) % 1000 < 1000 * holdout_fraction``, so the split
-  does not depend on which other files exist. CPython 3.11.7 gives 734 files, 12.1 MB
-  (see ``CorpusInfo``; the exact figures are in ``experiments/lm_pretrain/README.md``).
+  does not depend on which other files exist. CPython 3.11.7 (holdout 5%): 692 training files /
+  11,234,740 bytes and 42 held-out files / 885,369 bytes (sha256 2ebaf5e0…; ``CorpusInfo``).
 * :func:`load_token_file` / :func:`write_token_file` — flat token files (nanoGPT-style raw
   ``.bin`` of a given dtype, or ``.npy``), memory-mapped, validated, written atomically.
 * :class:`LMBatches` / :class:`SFTBatches` — batch ``i`` is a pure function of ``(seed, i)``, so
