@@ -214,12 +214,14 @@ def main(argv=None):
     )
     mm_before = matmul_rate(n, 10 if not args.quick else 3)
     print(f"f32 matmul {n}^3: {mm_before / 1e9:.1f} GFLOP/s")
-    rows = [
-        bench_preset(
-            p, b, s, steps=steps, warmup=args.warmup, use_torch=use_torch, matmul=mm_before
+    rows = []
+    for p, (b, s) in shapes.items():
+        rows.append(
+            bench_preset(
+                p, b, s, steps=steps, warmup=args.warmup, use_torch=use_torch, matmul=mm_before
+            )
         )
-        for p, (b, s) in shapes.items()
-    ]
+        print(f"done {p}: {rows[-1]}", flush=True)
     mm_after = matmul_rate(n, 10 if not args.quick else 3)
     print(
         f"f32 matmul {n}^3 after: {mm_after / 1e9:.1f} GFLOP/s "
