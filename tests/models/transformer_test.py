@@ -11,6 +11,11 @@ from flax import nnx
 from entropylab.models import Transformer, TransformerConfig, forward
 
 
+def _randint(seed, shape, high):
+    """Token ids from NumPy's RNG (no per-shape threefry compile)."""
+    return jnp.asarray(np.random.RandomState(seed).randint(0, high, shape), jnp.int32)
+
+
 def _params(model):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), nnx.to_pure_dict(nnx.state(model)))
 
@@ -68,12 +73,13 @@ def np_forward(p, cfg, tokens, mask):
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = TransformerConfig.smoke(vocab_size=48, qkv_bias=True, init_std=0.2)
+    cfg = TransformerConfig.smoke(vocab_size=64, qkv_bias=True, init_std=0.2)
     m = Transformer(cfg, rngs=nnx.Rngs(3))
     # Non-trivial norm scales and biases so the reference checks them.
     for path, leaf in nnx.to_flat_state(nnx.state(m, nnx.Param)):
         if path[-1] in ("scale", "bias"):
-            leaf.set_value(jax.random.uniform(jax.random.key(len(path)), leaf.shape) + 0.5)
+            rs = np.random.RandomState(len(path))
+            leaf.set_value(jnp.asarray(rs.uniform(0.5, 1.5, leaf.shape), jnp.float32))
     return m
 
 
@@ -84,7 +90,7 @@ def _jit_forward(model, **kw):
 
 def test_matches_numpy_reference_with_padding_and_entropy(model):
     cfg = model.config
-    tokens = jax.random.randint(jax.random.key(0), (2, 7), 0, cfg.vocab_size)
+    tokens = _randint(0, (2, 7), cfg.vocab_size)
     mask = jnp.array([[1] * 7, [1] * 5 + [0] * 2])
     f, state = _jit_forward(model, return_attn_entropy=True, return_attn_entropy_map=True)
     logits, aux = f(state, tokens, mask)
@@ -114,8 +120,8 @@ def test_matches_numpy_reference_with_padding_and_entropy(model):
 
 def test_causality(model):
     f, state = _jit_forward(model)
-    tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 48)
-    changed = tokens.at[:, 5:].set((tokens[:, 5:] + 7) % 48)
+    tokens = _randint(1, (2, 9), 64)
+    changed = tokens.at[:, 5:].set((tokens[:, 5:] + 7) % 64)
     ones = jnp.ones((2, 9), jnp.int32)
     a, _ = f(state, tokens, ones)
     b, _ = f(state, changed, ones)
@@ -126,7 +132,7 @@ def test_causality(model):
 def test_left_padding_with_positions_equals_unpadded(model):
     graphdef, state = nnx.split(model)
     f = jax.jit(lambda s, x, p, m: forward(graphdef, s, x, positions=p, attention_mask=m))
-    seq = jax.random.randint(jax.random.key(2), (1, 5), 0, 48)
+    seq = _randint(2, (1, 5), 64)
     padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), seq], axis=1)
     mask = jnp.array([[0, 0, 0, 1, 1, 1, 1, 1]])
     pos = jnp.array([[0, 0, 0, 0, 1, 2, 3, 4]])
@@ -136,9 +142,9 @@ def test_left_padding_with_positions_equals_unpadded(model):
 
 
 def test_per_head_temperature_moves_entropy():
-    cfg = TransformerConfig.smoke(vocab_size=48, learnable_attn_temperature=True, init_std=0.3)
+    cfg = TransformerConfig.smoke(vocab_size=64, learnable_attn_temperature=True, init_std=0.3)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
-    tokens = jax.random.randint(jax.random.key(3), (2, 12), 0, 48)
+    tokens = _randint(3, (2, 12), 64)
     f = jax.jit(lambda m, x: m(x, return_attn_entropy=True)[1]["attn_entropy"])
     base = np.asarray(f(model, tokens))
     lt = model.blocks[0].attn.log_temperature
@@ -147,11 +153,6 @@ def test_per_head_temperature_moves_entropy():
     assert moved[0, 0] > base[0, 0] + 1e-3  # hotter head 0: higher entropy
     assert moved[0, 1] < base[0, 1] - 1e-3  # colder head 1: lower entropy
     np.testing.assert_allclose(moved[0, 2:], base[0, 2:], atol=1e-6)  # other heads untouched
-    # The temperature is a trainable parameter with a finite gradient.
-    graphdef, state = nnx.split(model)
-    g = jax.grad(lambda s: forward(graphdef, s, tokens)[0].mean())(state)
-    gt = g["blocks"][0]["attn"]["log_temperature"][...]
-    assert np.all(np.isfinite(gt)) and np.abs(gt).max() > 0
 
 
 @pytest.mark.parametrize(
@@ -164,10 +165,10 @@ def test_per_head_temperature_moves_entropy():
     ],
 )
 def test_variants_run_with_finite_grads(norm, mlp, extra):
-    cfg = TransformerConfig.smoke(vocab_size=32, norm=norm, mlp=mlp, **extra)
+    cfg = TransformerConfig.smoke(vocab_size=64, norm=norm, mlp=mlp, **extra)
     model = Transformer(cfg, rngs=nnx.Rngs(1))
     graphdef, state = nnx.split(model)
-    tokens = jax.random.randint(jax.random.key(4), (2, 6), 0, 32)
+    tokens = _randint(4, (2, 6), 64)
     mask = jnp.array([[1] * 6, [0, 0, 1, 1, 1, 1]])
 
     def loss(s):
@@ -180,13 +181,16 @@ def test_variants_run_with_finite_grads(norm, mlp, extra):
     if extra.get("tie_embeddings"):
         assert model.lm_head is None
         np.testing.assert_array_equal(model.unembedding(), model.embed.embedding[...].T)
+    if extra.get("learnable_attn_temperature"):  # a trainable parameter with a real gradient
+        gt = np.asarray(g["blocks"][0]["attn"]["log_temperature"][...])
+        assert gt.shape == (cfg.n_heads,) and np.abs(gt).max() > 0
 
 
 def test_bf16_compute_is_finite_and_close():
-    cfg = TransformerConfig.smoke(vocab_size=48)
+    cfg = TransformerConfig.smoke(vocab_size=64)
     m32 = Transformer(cfg, rngs=nnx.Rngs(5))
     m16 = Transformer(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(5))
-    tokens = jax.random.randint(jax.random.key(5), (2, 8), 0, 48)
+    tokens = _randint(5, (2, 8), 64)
     f = jax.jit(lambda m, x: m(x, return_attn_entropy=True))
     l32, a32 = f(m32, tokens)
     l16, a16 = f(m16, tokens)
