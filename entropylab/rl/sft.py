@@ -3,9 +3,10 @@
 A model trained from scratch cannot be improved by RL until it sometimes succeeds. This trains
 next-token cross-entropy on ``BOS prompt target EOS`` sequences (loss on the response only) and
 evaluates greedy accuracy on a fixed held-out problem set every ``eval_every`` steps, stopping as
-soon as it reaches ``target_accuracy`` — the "edge of competence" checkpoint that RL then starts
-from (../shared/reference/tiny_scale_notes.md: SFT passes from 20% to 90% in ~110 steps, so
-evaluate often).
+soon as the mean accuracy over ``stop_difficulties`` (default: all) reaches ``target_accuracy``:
+the "edge of competence" checkpoint that RL then starts from. Skills appear in sharp transitions
+(2-digit addition goes from ~20% to ~60% greedy accuracy within 20 steps for the ``tiny`` model),
+so evaluate often.
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ class SFTConfig:
     eval_every: int = 10
     eval_problems: int = 96
     target_accuracy: float = 0.5
+    stop_difficulties: tuple[int, ...] | None = None
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
+        if self.stop_difficulties is not None and not set(self.stop_difficulties) <= set(
+            self.difficulties
+        ):
+            raise ValueError(
+                f"stop_difficulties {self.stop_difficulties} must be a subset of difficulties "
+                f"{self.difficulties}"
+            )
         if not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         for name in ("batch_size", "seq_len", "max_steps", "eval_every", "eval_problems"):
@@ -86,7 +97,11 @@ def sft_warmstart(
     ``log(record)`` is called on each as it is made.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt = optax.adamw(cfg.learning_rate, b1=0.9, b2=0.98, weight_decay=0.0)
+    lr = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+    opt = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=0.0),
+    )
     opt_state = opt.init(params)
 
     @jax.jit
@@ -123,10 +138,12 @@ def sft_warmstart(
             acc = greedy_accuracy(
                 sampler, full_state(params), task, tokenizer, eval_set, prompt_width
             )
+            stop_on = cfg.stop_difficulties or cfg.difficulties
+            acc["acc_stop"] = float(np.mean([acc[f"acc_d{d}"] for d in stop_on]))
             history.append({"step": i, "loss": float(loss), "time_s": time.time() - t0, **acc})
             if log is not None:
                 log(history[-1])
-            if acc["acc"] >= cfg.target_accuracy:
+            if acc["acc_stop"] >= cfg.target_accuracy:
                 break
     nnx.update(model, params)
     return history
