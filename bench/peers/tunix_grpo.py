@@ -11,7 +11,8 @@ float32, random init), its ``vanilla`` rollout engine (KV cache), ``GRPOLearner`
 ``num_generations`` = group, ``num_iterations=1``, ``beta=0`` (no reference pass, as TRL's
 default and ours) and AdamW 3e-4, one mini-batch per step, on a 1×1 ``(fsdp, tp)`` mesh.
 ``rollout_s`` is the time inside ``_generate_and_compute_advantage`` (generation, rewards,
-advantages); ``step_s`` the time of one ``_run_global_step``.
+advantages); ``step_s`` the wall time between the ends of consecutive ``_run_global_step`` calls,
+each blocked on the trained model's parameters (so asynchronous dispatch cannot hide work).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import jax
+    import numpy as np
     import optax
     import tunix
     from flax import nnx
@@ -139,7 +141,7 @@ def main(argv=None):
         ),
         reward_fns=reward,
     )
-    rec = {"step_s": [], "rollout_s": [], "completion_len": []}
+    rec = {"step_s": [], "rollout_s": [], "completion_len": [], "rollout_shapes": []}
     gen = learner._generate_and_compute_advantage
 
     def timed_gen(*a, **k):
@@ -148,35 +150,47 @@ def main(argv=None):
         jax.block_until_ready(out.advantages)
         rec["rollout_s"].append(time.perf_counter() - t)
         rec["completion_len"].append(float(out.completion_mask.sum(-1).mean()))
+        rec["rollout_shapes"].append([list(out.prompt_ids.shape), list(out.completion_ids.shape)])
         return out
 
     learner._generate_and_compute_advantage = timed_gen
     step = learner._run_global_step
+    ends = []
 
     def timed_step(*a, **k):
-        t = time.perf_counter()
         out = step(*a, **k)
-        jax.block_until_ready(nnx.state(model, nnx.Param))
-        rec["step_s"].append(time.perf_counter() - t)
+        # block on the trained copy's parameters; step time = wall time between step ends
+        jax.block_until_ready(nnx.state(cluster.actor_trainer.model))
+        ends.append(time.perf_counter())
         return out
 
     learner._run_global_step = timed_step
 
     probs = problems(args.prompts * (n_steps + 2), seed=0)
+    # numpy arrays, not lists: tunix repeats every pytree leaf G times (a list's strings would
+    # each become a leaf)
     batches = [
         {
-            "prompts": [p for p, _ in probs[i : i + args.prompts]],
-            "answer": [a for _, a in probs[i : i + args.prompts]],
+            "prompts": np.array([p for p, _ in probs[i : i + args.prompts]]),
+            "answer": np.array([a for _, a in probs[i : i + args.prompts]]),
         }
         for i in range(0, len(probs), args.prompts)
     ]
     learner.train(batches)
+    jax.block_until_ready(jax.live_arrays())
+    rec["tail_s"] = time.perf_counter() - ends[-1]  # work left pending after the last step
+    rec["train_steps"] = int(cluster.actor_trainer.train_steps)
+    rec["step_s"] = [b - a for a, b in zip(ends, ends[1:])]  # steps 1.. (step 0 compiles)
     w = args.warmup
     out = {
         "peer": f"tunix {getattr(tunix, '__version__', '?')} (JAX {jax.__version__})",
-        "step_s": rec["step_s"][w:n_steps],
+        "step_s": rec["step_s"][w - 1 : n_steps - 1],
         "rollout_s": rec["rollout_s"][w:n_steps],
         "completion_len": rec["completion_len"][w:n_steps],
+        "tail_s": rec["tail_s"],
+        "rollout_shapes": rec["rollout_shapes"][:2],
+        "rollout_calls": len(rec["rollout_s"]),
+        "optimizer_steps": rec["train_steps"],
     }
     print("PEER_JSON " + json.dumps(out))
 
