@@ -358,7 +358,7 @@ class GRPOTrainer:
                     rec.update(self.evaluate(self.state["params"]))
                 records.append(writer.write(s + 1, rec))
                 ckpt.maybe_save(s + 1, self.state)
-                bar.update(1, reward=f"{rec['reward/mean']:.3f}", H=f"{rec['rollout/entropy']:.3f}")
+                bar.update(1, reward=rec["reward/mean"], H=rec["rollout/entropy"])
         finally:
             bar.close()
             writer.close()
