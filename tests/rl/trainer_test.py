@@ -37,7 +37,7 @@ def _model():
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_full")
     model, tok = _model()
-    recs = GRPOTrainer(CFG, model, tok, out).run(progress=False)
+    recs = GRPOTrainer(CFG, model, tok, out).run(progress=True)  # exercises the progress bar
     return out, recs, nnx.split(model)[1]
 
 
