@@ -182,6 +182,9 @@ def main(argv=None):
             r = run_peer(name, python, module, args, args.peer_timeout)
             if r is None:
                 continue
+            extra = {k: r[k] for k in ("rollout_shapes", "optimizer_steps", "tail_s") if k in r}
+            if extra:
+                print(f"# peer {name}: {extra}")
             step = statistics.median(r["step_s"])
             roll = statistics.median(r["rollout_s"])
             rows.append(
