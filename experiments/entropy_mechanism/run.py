@@ -144,54 +144,68 @@ def build_model(kind: str, vocab: int, seed: int):
     return Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
-def run(preset_name: str, out: Path, *, progress: bool = True) -> dict:
-    p = preset(preset_name)
-    out.mkdir(parents=True, exist_ok=True)
+def run_seed(p: Preset, preset_name: str, seed: int, out: Path, *, progress: bool) -> None:
+    """SFT warm start, then every arm from the same checkpoint, for one seed."""
     tok = T.CharTokenizer()
     task = T.AdditionTask()
-    t_start = time.time()
-    sft_info = {}
-    for seed in p.seeds:
-        model = build_model(p.model, tok.vocab_size, seed)
-        sft_cfg = dataclasses.replace(p.sft, seed=seed)
-        hist = sft_warmstart(
-            model,
-            task,
-            tok,
-            sft_cfg,
-            prompt_width=p.rl.prompt_width,
-            max_new=p.rl.max_new_tokens,
-            log=(lambda r, seed=seed: print(f"sft seed {seed}: {r}", flush=True))
-            if progress
-            else None,
-        )
-        (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
-        sft_info[seed] = hist[-1]
-        sft_state = nnx.split(model)[1]
-        for arm, obj in arms(preset_name).items():
-            nnx.update(model, sft_state)
-            rl_cfg = dataclasses.replace(p.rl, seed=seed, objective=obj)
-            trainer = GRPOTrainer(rl_cfg, model, tok, out / arm / f"seed{seed}")
-            trainer.run(resume=False, progress=progress)
-    wall = time.time() - t_start
+    t0, c0 = time.time(), _cpu_s()
+    model = build_model(p.model, tok.vocab_size, seed)
+    sft_cfg = dataclasses.replace(p.sft, seed=seed)
+    log = (lambda r: print(f"sft seed {seed}: {r}", flush=True)) if progress else None
+    hist = sft_warmstart(
+        model,
+        task,
+        tok,
+        sft_cfg,
+        prompt_width=p.rl.prompt_width,
+        max_new=p.rl.max_new_tokens,
+        log=log,
+    )
+    (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
+    sft_state = nnx.split(model)[1]
+    for arm, obj in arms(preset_name).items():
+        nnx.update(model, sft_state)
+        rl_cfg = dataclasses.replace(p.rl, seed=seed, objective=obj)
+        trainer = GRPOTrainer(rl_cfg, model, tok, out / arm / f"seed{seed}")
+        trainer.run(resume=False, progress=progress)
+    timing = {"wall_s": time.time() - t0, "cpu_s": _cpu_s() - c0, "load_avg_end": os.getloadavg()}
+    (out / f"timing_seed{seed}.json").write_text(json.dumps(timing))
+
+
+def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    summary = analyse(out, p, sft_info, wall, preset_name, usage.ru_utime + usage.ru_stime)
-    return summary
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(preset_name: str, out: Path, *, progress: bool = True, seeds=None, analyse_only=False):
+    """Run the given seeds (default: the preset's) and, once every seed is there, analyse."""
+    p = preset(preset_name)
+    out.mkdir(parents=True, exist_ok=True)
+    if not analyse_only:
+        for seed in p.seeds if seeds is None else seeds:
+            if seed not in p.seeds:
+                raise ValueError(f"seed {seed} is not one of the preset's seeds {p.seeds}")
+            run_seed(p, preset_name, seed, out, progress=progress)
+    missing = [s for s in p.seeds if not (out / f"timing_seed{s}.json").exists()]
+    if missing:
+        print(f"seeds {missing} not run yet in {out}; analysis waits for them")
+        return None
+    return analyse(out, p, preset_name)
 
 
 def _load(out: Path, arm: str, seed: int) -> list[dict]:
     return read_jsonl(out / arm / f"seed{seed}" / "metrics.jsonl")
 
 
-def analyse(
-    out: Path, p: Preset, sft_info: dict, wall: float, preset_name: str, cpu_s: float
-) -> dict:
+def analyse(out: Path, p: Preset, preset_name: str) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arm_names = list(arms(preset_name))
+    sft_info = {s: json.loads((out / f"sft_seed{s}.json").read_text())[-1] for s in p.seeds}
+    timings = [json.loads((out / f"timing_seed{s}.json").read_text()) for s in p.seeds]
     k = p.rl.eval_k
     table, law_rows, cov_rows = {}, [], []
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
@@ -277,9 +291,9 @@ def analyse(
     summary = {
         "preset": preset_name,
         "seeds": list(p.seeds),
-        "wall_s": wall,
-        "cpu_s": cpu_s,
-        "load_avg_1m_end": os.getloadavg()[0],
+        "wall_s": sum(t["wall_s"] for t in timings),
+        "cpu_s": sum(t["cpu_s"] for t in timings),
+        "load_avg_1m_end": max(t["load_avg_end"][0] for t in timings),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": os.cpu_count(),
         "jax": jax.__version__,
@@ -297,8 +311,9 @@ def analyse(
 def results_markdown(s: dict, k: int) -> str:
     lines = [
         f"Preset `{s['preset']}`, seeds {s['seeds']}, {s['cpus']} CPUs ({s['machine']}), "
-        f"jax {s['jax']} on {s['device']}; wall time {s['wall_s'] / 60:.1f} min, process CPU time "
-        f"{s['cpu_s'] / 60:.1f} min (load average at the end {s['load_avg_1m_end']:.1f}).",
+        f"jax {s['jax']} on {s['device']}; wall time summed over seeds {s['wall_s'] / 60:.1f} min, "
+        f"process CPU time {s['cpu_s'] / 60:.1f} min (highest 1-min load average at the end of a "
+        f"seed: {s['load_avg_1m_end']:.1f}).",
         "",
         "SFT warm start (greedy held-out accuracy when stopped): "
         + ", ".join(
@@ -365,9 +380,19 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds")
+    ap.add_argument("--analyse-only", action="store_true", help="only analyse existing runs")
     args = ap.parse_args(argv)
     out = args.out or Path("runs") / "entropy_mechanism" / args.preset
-    summary = run(args.preset, out, progress=not args.no_progress)
+    summary = run(
+        args.preset,
+        out,
+        progress=not args.no_progress,
+        seeds=args.seeds,
+        analyse_only=args.analyse_only,
+    )
+    if summary is None:
+        return None
     print((out / "RESULTS.md").read_text())
     if args.update_readme:
         update_readme(out)
