@@ -18,8 +18,9 @@ $(STAMP_TEST): $(STAMP) pyproject.toml
 	touch $(STAMP_TEST)
 
 # The main job on its tiny default: the Entropy Mechanism study (SFT warm start, then GRPO with
-# no entropy control / entropy bonus / Clip-Cov / KL-Cov, 2 seeds); results and plots are written to
-# runs/entropy_mechanism/tiny/ (RESULTS.md, summary.json, *.png, per-arm metrics.jsonl).
+# no entropy control / entropy bonus / Clip-Cov / KL-Cov, 2 seeds, one process per seed on the 2
+# cores); results and plots go to runs/entropy_mechanism/tiny/ (RESULTS.md, summary.json, *.png,
+# per-arm metrics.jsonl).
 run: $(STAMP)
 	$(PY) -m experiments.entropy_mechanism.run --preset tiny --out runs/entropy_mechanism/tiny
 
