@@ -321,7 +321,8 @@ def results_markdown(s: dict, k: int) -> str:
     lines = [
         f"Preset `{s['preset']}`, seeds {s['seeds']}, {s['cpus']} CPUs ({s['machine']}), "
         f"jax {s['jax']} on {s['device']}; wall time per seed "
-        f"{', '.join(f'{w / 60:.1f}' for w in s['seed_wall_s'])} min (each seed in its own process), "
+        f"{', '.join(f'{w / 60:.1f}' for w in s['seed_wall_s'])} min "
+        "(each seed in its own process), "
         f"CPU time of the seed processes {s['cpu_s'] / 60:.1f} min (highest 1-min load average "
         f"at the end of a "
         f"seed: {s['load_avg_1m_end']:.1f}).",
