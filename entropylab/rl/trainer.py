@@ -141,6 +141,9 @@ class GRPOTrainer:
         self.task = T.make_task(cfg.task, **(task_kwargs or {}))
         self.objective = build_objective(cfg.objective)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        # nnx.split's State aliases the model's Variables; copy the tree so that later
+        # nnx.update(model, ...) calls cannot change the trainer's params or the reference.
+        params = jax.tree.map(lambda x: x, params)
         tx = optax.adamw(cfg.learning_rate, b1=0.9, b2=0.99, weight_decay=0.0)
         if cfg.max_grad_norm:
             tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)

@@ -162,7 +162,8 @@ def run_seed(p: Preset, preset_name: str, seed: int, out: Path, *, progress: boo
         log=log,
     )
     (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
-    sft_state = nnx.split(model)[1]
+    # a detached copy: nnx.split's State aliases the model's Variables, which training mutates
+    sft_state = jax.tree.map(lambda x: x, nnx.split(model)[1])
     for arm, obj in arms(preset_name).items():
         nnx.update(model, sft_state)
         rl_cfg = dataclasses.replace(p.rl, seed=seed, objective=obj)

@@ -107,3 +107,19 @@ def test_config_validation():
         RLConfig(prompts_per_step=3, group_size=3, minibatches=2)
     with pytest.raises(ValueError, match="unknown task"):
         RLConfig(task="chess")
+
+
+def test_trainer_params_do_not_alias_the_model():
+    """Updating the model afterwards (e.g. resetting it for the next arm) must not change the
+    trainer's params or its frozen reference."""
+    import jax
+
+    model, tok = _model()
+    tr = GRPOTrainer(CFG.__class__(**{**CFG.__dict__, "use_reference": True}), model, tok, "/tmp/x")
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(tr.ref_params)]
+    shifted = jax.tree.map(lambda x: x + 1.0, nnx.split(model, nnx.Param, ...)[1])
+    nnx.update(model, shifted)
+    for a, b in zip(before, jax.tree.leaves(tr.ref_params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    for a, b in zip(before, jax.tree.leaves(tr.state["params"]), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
