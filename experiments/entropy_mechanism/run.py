@@ -446,6 +446,7 @@ def main(argv=None):
         update_readme(out)
         for png in out.glob("*.png"):
             (HERE / png.name).write_bytes(png.read_bytes())
+        (HERE / f"summary_{args.preset}.json").write_text((out / "summary.json").read_text())
     return summary
 
 
