@@ -157,7 +157,6 @@ class GRPOTrainer:
         self.ref_params = params if cfg.use_reference else None
         gd_full, _ = nnx.split(model)
         self._sampler = S.make_sampler(gd_full, cfg.sampling)
-        self._eval_sampler = self._sampler
         self._build_fns()
         n_eval = cfg.eval_problems
         self.eval_set = self.task.sample(
@@ -331,9 +330,6 @@ class GRPOTrainer:
         return rec
 
     # -- driver ---------------------------------------------------------------------------------
-
-    def _checkpoint_tree(self):
-        return self.state
 
     def run(self, *, resume: bool = True, progress: bool = True) -> list[dict]:
         cfg = self.cfg
