@@ -56,7 +56,9 @@ class TransformerConfig:
     max_position_embeddings=max_seq_len)``. ``learnable_attn_temperature`` adds a per-head
     softmax temperature τ_h = exp(log τ_h) initialised at ``attn_temperature_init`` (logits are
     divided by τ_h; arXiv:2501.03489 §3.4). ``attn_logit_softcap`` (None = off) applies
-    cap·tanh(z/cap). All weights are initialised N(0, ``init_std``²); norm scales at 1.
+    cap·tanh(z/cap). ``attn_query_block`` (0 = off) splits the full forward's causal attention into
+    query blocks that each read only the keys at or before their last query, skipping the fully
+    masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights are initialised N(0, ``init_std``²); norm scales at 1.
     ``dtype`` is the compute dtype; logits, softmax, norms' statistics and entropies are float32.
     """
 
@@ -77,6 +79,7 @@ class TransformerConfig:
     learnable_attn_temperature: bool = False
     attn_temperature_init: float = 1.0
     attn_logit_softcap: float | None = None
+    attn_query_block: int = 64
     init_std: float = 0.02
     param_dtype: Any = "float32"
     dtype: Any = "float32"
@@ -127,6 +130,10 @@ class TransformerConfig:
         ):
             raise ValueError(
                 f"attn_logit_softcap must be None or > 0, got {self.attn_logit_softcap!r}"
+            )
+        if not (isinstance(self.attn_query_block, int) and self.attn_query_block >= 0):
+            raise ValueError(
+                f"attn_query_block must be an int >= 0 (0 = off), got {self.attn_query_block!r}"
             )
         for name in ("tie_embeddings", "qkv_bias", "learnable_attn_temperature"):
             if not isinstance(getattr(self, name), bool):

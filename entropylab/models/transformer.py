@@ -211,7 +211,7 @@ class Transformer(nnx.Module):
                 q_scale=q_scale,
                 allowed=allowed,
                 return_entropy=want_ent,
-                fast=True,
+                causal=True,
             )
             x = x + y
             x = x + blk.mlp(blk.mlp_norm(x))

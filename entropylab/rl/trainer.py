@@ -8,7 +8,10 @@ One RL step:
 3. **advantages** — group-normalised GRPO (``norm_adv_by_std=False`` → Dr. GRPO), broadcast over
    the response tokens;
 4. **old log-probs** — recomputed by the trainer's teacher-forced forward (as verl does); the gap
-   to the sampler's log-probs/entropies is logged;
+   to the sampler's log-probs/entropies is logged. With ``epochs = minibatches = 1`` the single
+   update starts from the very params that sampled, so old log-probs are the update's own
+   forward under ``stop_gradient`` (ratio exactly 1, as on-policy PPO/GRPO has it) and the
+   separate recompute forward is skipped (:attr:`GRPOTrainer.fused_old_logp`);
 5. **update** — ``epochs`` × ``minibatches`` AdamW steps on the configured objective from
    :mod:`entropylab.losses.objective` (policy loss + KL to a frozen reference + entropy terms).
 
@@ -211,7 +214,79 @@ class GRPOTrainer:
             )
             return {**state, "params": params, "opt_state": opt_state}, metrics
 
+        @jax.jit
+        def update_onpolicy(state, batch, key):
+            """One update whose old log-probs are its own forward's (stop-gradient)."""
+
+            def loss_fn(params):
+                lp, ent, z = self._forward_logp(params, batch["tokens"], batch["mask"])
+                old = jax.lax.stop_gradient(lp)
+                inputs = ObjectiveInputs(
+                    logp=lp,
+                    old_logp=old,
+                    advantages=batch["advantages"],
+                    mask=batch["response_mask"],
+                    entropy=ent,
+                    old_entropy=batch["old_entropy"],
+                    ref_logp=batch.get("ref_logp"),
+                    logits=z,
+                    key=key,
+                    step=state["step"],
+                )
+                loss, metrics = self.objective.loss(inputs, state["obj_state"])
+                return loss, (metrics, old, jax.lax.stop_gradient(ent))
+
+            (loss, (metrics, old_logp, old_ent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state["params"]
+            )
+            upd, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], upd)
+            metrics = dict(
+                metrics, **{"loss/total": loss, "train/grad_norm": optax.tree.norm(grads)}
+            )
+            new_state = {**state, "params": params, "opt_state": opt_state}
+            return new_state, metrics, old_logp, old_ent
+
+        @jax.jit
+        def prepare(rewards, response_mask):
+            adv_seq = grpo_advantages(
+                rewards, group_size=cfg.group_size, norm_by_std=cfg.norm_adv_by_std
+            )
+            return adv_seq[:, None] * response_mask
+
+        @jax.jit
+        def step_stats(rollout, old_logp, old_ent, adv):
+            mask = rollout.response_mask
+            ent_roll = masked_mean(rollout.entropy, mask)
+            ent_train = masked_mean(old_ent, mask)
+            stats = entropy_stats(rollout.entropy, mask)
+            return {
+                "rollout/entropy": ent_roll,
+                "train/entropy": ent_train,
+                "entropy/gap": ent_train - ent_roll,
+                "rollout/logp_gap": masked_mean(jnp.abs(old_logp - rollout.logp), mask),
+                **{f"rollout/entropy_{k}": v for k, v in stats.items()},
+                "response/length": jnp.mean(jnp.sum(mask.astype(jnp.float32), axis=1)),
+                "response/finished": jnp.mean(rollout.finished.astype(jnp.float32)),
+                "response/tokens": jnp.sum(mask.astype(jnp.int32)),
+                # full-rollout-batch covariance (overrides the objective's per-minibatch means)
+                **cov_lib.covariance_stats(old_logp, adv, mask),
+                "cov/predicted_dH": cov_lib.predicted_entropy_change(
+                    old_logp, adv, mask, learning_rate=cfg.learning_rate
+                ),
+            }
+
         self._recompute, self._update = recompute, update
+        self._update_onpolicy, self._prepare, self._step_stats = (
+            update_onpolicy,
+            prepare,
+            step_stats,
+        )
+
+    @property
+    def fused_old_logp(self) -> bool:
+        """Old log-probs are the single update's own forward (``epochs = minibatches = 1``)."""
+        return self.cfg.epochs == 1 and self.cfg.minibatches == 1
 
     def _full_state(self, params):
         nnx.update(self.model, params)
@@ -256,52 +331,52 @@ class GRPOTrainer:
         jax.block_until_ready(r.tokens)
         t1 = time.perf_counter()
         mask = r.response_mask
-        adv_seq = grpo_advantages(
-            jnp.asarray(rewards), group_size=cfg.group_size, norm_by_std=cfg.norm_adv_by_std
-        )
-        adv = adv_seq[:, None] * mask
-        old_logp, old_ent = self._recompute(self.state["params"], r.tokens, r.mask)
+        adv = self._prepare(jnp.asarray(rewards), mask)
         batch = {
             "tokens": r.tokens,
             "mask": r.mask,
             "response_mask": mask,
-            "old_logp": old_logp,
             "old_entropy": r.entropy,
             "advantages": adv,
         }
         if self.ref_params is not None:
             batch["ref_logp"] = self._recompute(self.ref_params, r.tokens, r.mask)[0]
+        if not self.fused_old_logp:
+            old_logp, old_ent = self._recompute(self.state["params"], r.tokens, r.mask)
+            batch["old_logp"] = old_logp
         t2 = time.perf_counter()
         n = r.tokens.shape[0]
         mb = n // cfg.minibatches
         collected = []
-        for epoch in range(cfg.epochs):
+        if self.fused_old_logp:
+            key = jax.random.fold_in(jax.random.key(cfg.seed + 2), step * 1000)
+            self.state, metrics, old_logp, old_ent = self._update_onpolicy(self.state, batch, key)
+            collected.append(metrics)
+        for epoch in range(0 if self.fused_old_logp else cfg.epochs):
             perm = jax.random.permutation(
                 jax.random.fold_in(jax.random.key(cfg.seed + 1), step * 1000 + epoch), n
             )
             for m in range(cfg.minibatches):
                 idx = perm[m * mb : (m + 1) * mb]
-                sub = jax.tree.map(lambda x, idx=idx: x[idx], batch)
+                # one minibatch is the whole batch: no reshuffle (same rows, same order)
+                sub = batch if cfg.minibatches == 1 else jax.tree.map(lambda x, i=idx: x[i], batch)
                 key = jax.random.fold_in(
                     jax.random.key(cfg.seed + 2), step * 1000 + epoch * 100 + m
                 )
                 self.state, metrics = self._update(self.state, sub, key)
                 collected.append(metrics)
-        metrics = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *collected))
+        stats = self._step_stats(r, old_logp, old_ent, adv)
+        if len(collected) > 1:
+            collected = [jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *collected)]
+        metrics, stats = jax.device_get((collected[0], stats))
         obj_state, obj_info = self.objective.update_state(self.state["obj_state"], metrics)
         self.state = {**self.state, "obj_state": obj_state, "step": self.state["step"] + 1}
         t3 = time.perf_counter()
 
         groups = rewards.reshape(-1, cfg.group_size)
-        stats = entropy_stats(r.entropy, mask)
-        ent_roll = float(masked_mean(r.entropy, mask))
-        ent_train = float(masked_mean(old_ent, mask))
-        cstats = cov_lib.covariance_stats(old_logp, adv, mask)
-        pred = cov_lib.predicted_entropy_change(
-            old_logp, adv, mask, learning_rate=cfg.learning_rate
-        )
-        n_tok = int(np.asarray(mask).sum())
+        n_tok = int(stats.pop("response/tokens"))
         diffs = np.array([p.difficulty for p in problems for _ in range(cfg.group_size)])
+        cov_keys = [k for k in stats if k.startswith("cov/")]
         rec = {
             "reward/mean": float(rewards.mean()),
             "reward/acc": float(np.mean(rewards == 1.0)),
@@ -309,18 +384,11 @@ class GRPOTrainer:
                 f"reward/acc_d{d}": float(np.mean(rewards[diffs == d] == 1.0))
                 for d in sorted(set(diffs.tolist()))
             },
-            "rollout/entropy": ent_roll,
-            "train/entropy": ent_train,
-            "entropy/gap": ent_train - ent_roll,
-            "rollout/logp_gap": float(masked_mean(jnp.abs(old_logp - r.logp), mask)),
-            **{f"rollout/entropy_{k}": float(v) for k, v in stats.items()},
-            "response/length": float(np.asarray(mask).sum(1).mean()),
-            "response/finished": float(np.asarray(r.finished).mean()),
+            **{k: float(v) for k, v in stats.items() if k not in cov_keys},
             "groups/zero_adv_frac": float(np.mean(groups.max(1) == groups.min(1))),
             **{k: float(v) for k, v in metrics.items()},
             # full-rollout-batch covariance (overrides the per-minibatch means of the objective)
-            **{k: float(v) for k, v in cstats.items()},
-            "cov/predicted_dH": float(pred),
+            **{k: float(stats[k]) for k in cov_keys},
             **{f"objective/{k}": float(v) for k, v in obj_info.items()},
             "time/rollout_s": t1 - t0,
             "time/prepare_s": t2 - t1,

@@ -123,3 +123,35 @@ def test_trainer_params_do_not_alias_the_model():
         np.testing.assert_array_equal(a, np.asarray(b))
     for a, b in zip(before, jax.tree.leaves(tr.state["params"]), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+class _RecomputeTrainer(GRPOTrainer):
+    """Forces the separate old-log-prob recompute even for one epoch × one minibatch."""
+
+    @property
+    def fused_old_logp(self):
+        return False
+
+
+def test_single_update_fused_old_logp_equals_recompute(tmp_path):
+    """epochs = minibatches = 1: the update's own stop-gradient forward replaces the recompute
+    forward; the step (params, loss, covariance, entropies) matches the recompute path."""
+    import jax
+
+    cfg = CFG.__class__(**{**CFG.__dict__, "minibatches": 1, "steps": 2, "eval_every": 0})
+    cfg = cfg.__class__(**{**cfg.__dict__, "checkpoint_every": 0})
+    runs = []
+    for cls in (GRPOTrainer, _RecomputeTrainer):
+        model, tok = _model()
+        tr = cls(cfg, model, tok, tmp_path / cls.__name__)
+        assert tr.fused_old_logp == (cls is GRPOTrainer)
+        recs = [tr.step(s) for s in range(2)]
+        runs.append((recs, jax.tree.leaves(tr.state["params"])))
+    (fused, p_fused), (recomp, p_recomp) = runs
+    for a, b in zip(p_fused, p_recomp, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+    for ra, rb in zip(fused, recomp, strict=True):
+        assert ra["reward/mean"] == rb["reward/mean"]
+        for k in ("loss/total", "cov/mean", "train/entropy", "rollout/entropy", "pg/clipfrac"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
+        assert ra["rollout/logp_gap"] < 1e-4
