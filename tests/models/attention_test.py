@@ -155,3 +155,41 @@ def test_property_entropy_bounds(seed, scale):
     ent = np.asarray(ent)[0]
     assert np.all(ent >= -1e-6)
     assert np.all(ent <= np.log(np.arange(1, t + 1))[None] + 1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 3, 4])
+def test_attend_causal_blocks_equal_full_attention(block):
+    """Query-blocked causal attention (keys after a block's last query dropped) == attend, for
+    outputs, entropies and gradients, with left padding and a ragged last block."""
+    from entropylab.models.attention import attend_causal
+
+    q, k, v = _inputs(5, b=2, t=7, s=7)
+    valid = np.array([[True] * 7, [False, False] + [True] * 5])
+    slots = np.broadcast_to(np.arange(7), (2, 7))
+    allowed = attention_mask(slots, valid, 7)
+    scale = np.linspace(0.2, 0.6, 4, dtype=np.float32)[None, :, None] * np.ones((2, 4, 7))
+
+    def full(q, k, v):
+        return _attend_eager(q, k, v, allowed=allowed, logit_scale=scale, return_entropy=True)
+
+    def blocked(q, k, v):
+        return attend_causal(
+            q, k, v, allowed=allowed, logit_scale=scale, block=block, return_entropy=True
+        )
+
+    (o1, e1), (o2, e2) = jax.jit(full)(q, k, v), jax.jit(blocked)(q, k, v)
+    # Rows with no visible key (the 2 left-padded queries) are meaningless by contract (uniform
+    # weights over whatever keys the call sees); they are masked out, as any loss masks them.
+    rows = np.asarray(allowed).any(-1)
+    assert (~rows).sum() == 2
+    np.testing.assert_allclose(np.asarray(o2)[rows], np.asarray(o1)[rows], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(e2), np.asarray(e1), atol=1e-6)
+    w = jnp.asarray(rows, jnp.float32)[:, :, None, None]
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(w * jnp.sin(f(q, k, v)[0])) + jnp.sum(f(q, k, v)[1])
+
+    g1 = jax.jit(jax.grad(loss(full), argnums=(0, 1, 2)))(q, k, v)
+    g2 = jax.jit(jax.grad(loss(blocked), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(g2, g1, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -73,7 +73,9 @@ def np_forward(p, cfg, tokens, mask):
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = TransformerConfig.smoke(vocab_size=64, qkv_bias=True, init_std=0.2)
+    # attn_query_block=3: the full forward runs the query-blocked causal attention (ragged last
+    # block at T=7), so the NumPy reference below checks that path.
+    cfg = TransformerConfig.smoke(vocab_size=64, qkv_bias=True, init_std=0.2, attn_query_block=3)
     m = Transformer(cfg, rngs=nnx.Rngs(3))
     # Non-trivial norm scales and biases so the reference checks them.
     for path, leaf in nnx.to_flat_state(nnx.state(m, nnx.Param)):
