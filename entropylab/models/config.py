@@ -58,7 +58,8 @@ class TransformerConfig:
     divided by τ_h; arXiv:2501.03489 §3.4). ``attn_logit_softcap`` (None = off) applies
     cap·tanh(z/cap). ``attn_query_block`` (0 = off) splits the full forward's causal attention into
     query blocks that each read only the keys at or before their last query, skipping the fully
-    masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights are initialised N(0, ``init_std``²); norm scales at 1.
+    masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights
+    are initialised N(0, ``init_std``²); norm scales at 1.
     ``dtype`` is the compute dtype; logits, softmax, norms' statistics and entropies are float32.
     """
 

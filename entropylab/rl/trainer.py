@@ -49,7 +49,14 @@ from entropylab.train.metrics import MetricWriter, ProgressBar
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RLConfig:
-    """GRPO/PPO settings. ``objective`` selects the loss (see ``entropylab.losses.objective``)."""
+    """GRPO/PPO settings. ``objective`` selects the loss (see ``entropylab.losses.objective``).
+
+    ``measure_entropy_change`` adds one teacher-forced forward after the update(s): the policy
+    entropy on the *same* rollout tokens before and after the step, logged as
+    ``cov/observed_dH`` (token mean of H_after − H_before over the response positions). That is
+    the quantity the covariance theorem (arXiv:2505.22617 §4.2) predicts as ``cov/predicted_dH``;
+    the change between consecutive rollout batches mixes in batch-to-batch noise.
+    """
 
     task: str = "addition"
     difficulties: tuple[int, ...] = (2, 3)
@@ -74,6 +81,7 @@ class RLConfig:
     eval_k: int = 8
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    measure_entropy_change: bool = False
 
     def __post_init__(self):
         for name in ("steps", "prompts_per_step", "group_size", "epochs", "minibatches"):
@@ -255,12 +263,16 @@ class GRPOTrainer:
             return adv_seq[:, None] * response_mask
 
         @jax.jit
-        def step_stats(rollout, old_logp, old_ent, adv):
+        def step_stats(rollout, old_logp, old_ent, adv, ent_after):
             mask = rollout.response_mask
             ent_roll = masked_mean(rollout.entropy, mask)
             ent_train = masked_mean(old_ent, mask)
             stats = entropy_stats(rollout.entropy, mask)
+            extra = {}
+            if ent_after is not None:  # same states before/after the step
+                extra["cov/observed_dH"] = masked_mean(ent_after, mask) - ent_train
             return {
+                **extra,
                 "rollout/entropy": ent_roll,
                 "train/entropy": ent_train,
                 "entropy/gap": ent_train - ent_roll,
@@ -365,7 +377,10 @@ class GRPOTrainer:
                 )
                 self.state, metrics = self._update(self.state, sub, key)
                 collected.append(metrics)
-        stats = self._step_stats(r, old_logp, old_ent, adv)
+        ent_after = None
+        if cfg.measure_entropy_change:
+            ent_after = self._recompute(self.state["params"], r.tokens, r.mask)[1]
+        stats = self._step_stats(r, old_logp, old_ent, adv, ent_after)
         if len(collected) > 1:
             collected = [jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *collected)]
         metrics, stats = jax.device_get((collected[0], stats))

@@ -102,6 +102,7 @@ def preset(name: str) -> Preset:
                 eval_k=4,
                 prompt_width=10,
                 max_new_tokens=5,
+                measure_entropy_change=True,
             ),
         )
     if name == "tiny":
@@ -134,6 +135,7 @@ def preset(name: str) -> Preset:
                 eval_k=8,
                 prompt_width=10,
                 max_new_tokens=5,
+                measure_entropy_change=True,
             ),
         )
     raise ValueError(f"unknown preset {name!r}; expected 'smoke' or 'tiny'")
@@ -270,13 +272,28 @@ def analyse(out: Path, p: Preset, preset_name: str) -> dict:
                 except ValueError as e:
                     law_rows.append({"seed": seed, "error": str(e)})
             if len(train) >= 4:
-                pred = np.array([r["cov/predicted_dH"] for r in train[:-1]])
-                obs = np.diff(np.array(ent))
-                try:
-                    c = laws.compare_entropy_change(pred, obs)
-                    cov_rows.append({"arm": arm, "seed": seed, **dataclasses.asdict(c)})
-                except ValueError as e:
-                    cov_rows.append({"arm": arm, "seed": seed, "error": str(e)})
+                # (1) same states: entropy on the step's own rollout tokens after vs before the
+                #     update (what the theorem predicts; needs measure_entropy_change);
+                # (2) next batch: rollout entropy of step k+1 minus step k (different prompts).
+                pairs = []
+                if "cov/observed_dH" in train[0]:
+                    pairs.append(
+                        (
+                            "same batch",
+                            [r["cov/predicted_dH"] for r in train],
+                            [r["cov/observed_dH"] for r in train],
+                        )
+                    )
+                pairs.append(
+                    ("next batch", [r["cov/predicted_dH"] for r in train[:-1]], np.diff(ent))
+                )
+                for kind, pred, obs in pairs:
+                    row = {"arm": arm, "seed": seed, "observed": kind}
+                    try:
+                        c = laws.compare_entropy_change(np.array(pred), np.array(obs))
+                        cov_rows.append({**row, **dataclasses.asdict(c)})
+                    except ValueError as e:
+                        cov_rows.append({**row, "error": str(e)})
         table[arm] = {key: float(np.mean([f[key] for f in finals])) for key in finals[0]}
         table[arm]["per_seed"] = finals
     ax[0].set(xlabel="RL step", ylabel="rollout entropy (nats/token)", title="Entropy vs step")
@@ -355,21 +372,24 @@ def results_markdown(s: dict, k: int) -> str:
             )
     lines += [
         "",
-        "Covariance-predicted vs observed per-step entropy change "
-        "(predicted = −η·Cov(log π, A) on the rollout batch):",
+        "Covariance-predicted vs observed per-step entropy change (predicted = −η·Cov(log π, A)"
+        " on the rollout batch; observed on the *same batch*: the policy's entropy on the step's"
+        " rollout tokens after minus before the update; *next batch*: the next step's rollout"
+        " entropy minus this step's):",
         "",
     ]
     lines += [
-        "| arm | seed | Pearson r | slope | sign agreement | n |",
-        "|---|---|---|---|---|---|",
+        "| arm | seed | observed | Pearson r | slope | sign agreement | n |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in s["cov_check"]:
+        kind = r.get("observed", "next batch")
         if "error" in r:
-            lines.append(f"| {r['arm']} | {r['seed']} | {r['error']} | | | |")
+            lines.append(f"| {r['arm']} | {r['seed']} | {kind} | {r['error']} | | | |")
         else:
             lines.append(
-                f"| {r['arm']} | {r['seed']} | {r['pearson_r']:.3f} | {r['slope']:.3g} | "
-                f"{r['sign_agreement']:.2f} | {r['n']} |"
+                f"| {r['arm']} | {r['seed']} | {kind} | {r['pearson_r']:.3f} | "
+                f"{r['slope']:.3g} | {r['sign_agreement']:.2f} | {r['n']} |"
             )
     lines += ["", "![entropy mechanism](entropy_mechanism.png)", ""]
     return "\n".join(lines)

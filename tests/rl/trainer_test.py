@@ -155,3 +155,28 @@ def test_single_update_fused_old_logp_equals_recompute(tmp_path):
         for k in ("loss/total", "cov/mean", "train/entropy", "rollout/entropy", "pg/clipfrac"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
         assert ra["rollout/logp_gap"] < 1e-4
+
+
+def test_measure_entropy_change_same_batch(tmp_path):
+    """cov/observed_dH is the entropy change on the step's own tokens: ~0 for a vanishing step,
+    clearly non-zero for a large one (so it is measured with the updated params). An untrained
+    model earns no reward (zero advantages), so an entropy bonus supplies the gradient."""
+    objective = ObjectiveConfig(regularizers=(("entropy_bonus", {"coef": 1.0}),))
+    out = {}
+    for lr in (1e-9, 3e-2):
+        cfg = CFG.__class__(
+            **{
+                **CFG.__dict__,
+                "measure_entropy_change": True,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+                "learning_rate": lr,
+                "objective": objective,
+            }
+        )
+        model, tok = _model()
+        rec = GRPOTrainer(cfg, model, tok, tmp_path / str(lr)).step(0)
+        assert np.isfinite(rec["cov/observed_dH"]) and np.isfinite(rec["cov/predicted_dH"])
+        out[lr] = rec["cov/observed_dH"]
+    assert abs(out[1e-9]) < 1e-5
+    assert abs(out[3e-2]) > 1e-3
