@@ -58,6 +58,8 @@ BAD = [
     (dict(init_std=-1.0), "init_std"),
     (dict(attn_temperature_init=0.0), "attn_temperature_init"),
     (dict(attn_logit_softcap=-2.0), "attn_logit_softcap"),
+    (dict(attn_query_block=-1), "attn_query_block"),
+    (dict(attn_query_block=16.0), "attn_query_block"),
     (dict(tie_embeddings=1), "tie_embeddings"),
     (dict(rope=RopeConfig(head_dim=16)), "rope.head_dim"),
     (dict(rope={"rope_type": "linear"}), "rope"),
