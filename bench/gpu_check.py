@@ -215,9 +215,9 @@ def sec_train(args, matmul):
 def sec_torch_train(args, matmul):
     """The same-shape HF ``LlamaForCausalLM`` step on the same accelerator (torch CUDA), if any."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from bench.train_step import model_flops_per_token
+    from bench.train_step import hf_llama_config, model_flops_per_token
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device visible to torch"}
@@ -227,19 +227,7 @@ def sec_torch_train(args, matmul):
     for dtype in ("float32", "bfloat16"):
         cfg, batch, seq = _train_cfg(args, dtype)
         torch.manual_seed(0)
-        hf = LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.d_model,
-            intermediate_size=cfg.d_ff,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_kv_heads,
-            head_dim=cfg.head_dim,
-            max_position_embeddings=max(cfg.max_seq_len, seq),
-            tie_word_embeddings=cfg.tie_embeddings,
-            rms_norm_eps=cfg.norm_eps,
-        )
-        model = LlamaForCausalLM(hf).float().cuda().train()
+        model = LlamaForCausalLM(hf_llama_config(cfg, seq)).float().cuda().train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
         ids = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
 

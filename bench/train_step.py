@@ -106,28 +106,34 @@ class JaxStep:
         return time.perf_counter() - t
 
 
+def hf_llama_config(cfg: TransformerConfig, seq: int):
+    """The Hugging Face ``LlamaConfig`` of the same shape as ``cfg`` (context ≥ ``seq``)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=max(cfg.max_seq_len, seq),
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        rms_norm_eps=cfg.norm_eps,
+    )
+
+
 class TorchStep:
     def __init__(self, cfg: TransformerConfig, batch: int, seq: int):
         import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaForCausalLM
 
         torch.manual_seed(0)
-        hf = LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.d_model,
-            intermediate_size=cfg.d_ff,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_kv_heads,
-            head_dim=cfg.head_dim,
-            max_position_embeddings=max(cfg.max_seq_len, seq),
-            tie_word_embeddings=cfg.tie_embeddings,
-            attention_bias=False,
-            mlp_bias=False,
-            rms_norm_eps=cfg.norm_eps,
-        )
         self.torch = torch
-        self.model = LlamaForCausalLM(hf).float().train()
+        self.model = LlamaForCausalLM(hf_llama_config(cfg, seq)).float().train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
         rng = np.random.default_rng(0)
         toks = torch.from_numpy(rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int64))

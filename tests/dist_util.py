@@ -1,7 +1,7 @@
-"""Harness: a loss computed on 8 devices (``shard_map`` and ``pmap``) equals the one-device loss.
+"""Harness: an op or loss computed on 8 devices (``shard_map`` and ``pmap``) equals one device.
 
-Usage from any test in ``tests/losses`` (this directory has no ``__init__.py``, so pytest puts it
-on ``sys.path``)::
+Shared by ``tests/ops`` and ``tests/losses``. ``tests/`` holds the root ``conftest.py`` and no
+``__init__.py``, so pytest puts it on ``sys.path`` and any test can write::
 
     from dist_util import assert_matches_distributed
 

@@ -196,39 +196,13 @@ class GRPOTrainer:
             )
             return lp, ent
 
-        @jax.jit
-        def update(state, batch, key):
-            def loss_fn(params):
-                lp, ent, z = self._forward_logp(params, batch["tokens"], batch["mask"])
-                inputs = ObjectiveInputs(
-                    logp=lp,
-                    old_logp=batch["old_logp"],
-                    advantages=batch["advantages"],
-                    mask=batch["response_mask"],
-                    entropy=ent,
-                    old_entropy=batch["old_entropy"],
-                    ref_logp=batch.get("ref_logp"),
-                    logits=z,
-                    key=key,
-                    step=state["step"],
-                )
-                return self.objective.loss(inputs, state["obj_state"])
-
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-            upd, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], upd)
-            metrics = dict(
-                metrics, **{"loss/total": loss, "train/grad_norm": optax.tree.norm(grads)}
-            )
-            return {**state, "params": params, "opt_state": opt_state}, metrics
-
-        @jax.jit
-        def update_onpolicy(state, batch, key):
-            """One update whose old log-probs are its own forward's (stop-gradient)."""
+        def apply_update(state, batch, key, *, own_old_logp: bool):
+            """One AdamW step on the objective. ``own_old_logp``: the old log-probs are this
+            forward's own (stop-gradient), i.e. the update starts from the sampling params."""
 
             def loss_fn(params):
                 lp, ent, z = self._forward_logp(params, batch["tokens"], batch["mask"])
-                old = jax.lax.stop_gradient(lp)
+                old = jax.lax.stop_gradient(lp) if own_old_logp else batch["old_logp"]
                 inputs = ObjectiveInputs(
                     logp=lp,
                     old_logp=old,
@@ -254,6 +228,14 @@ class GRPOTrainer:
             )
             new_state = {**state, "params": params, "opt_state": opt_state}
             return new_state, metrics, old_logp, old_ent
+
+        @jax.jit
+        def update(state, batch, key):
+            return apply_update(state, batch, key, own_old_logp=False)[:2]
+
+        @jax.jit
+        def update_onpolicy(state, batch, key):
+            return apply_update(state, batch, key, own_old_logp=True)
 
         @jax.jit
         def prepare(rewards, response_mask):

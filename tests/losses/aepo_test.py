@@ -58,7 +58,10 @@ def test_temperature_switch_hand():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.floats(0, 3), st.floats(0, 3))
+@given(
+    st.floats(0, 3, width=32, allow_subnormal=False),
+    st.floats(0, 3, width=32, allow_subnormal=False),
+)
 def test_temperature_switch_property(h, target):
     got = aepo_temperature(jnp.float32(h), jnp.float32(target))
     assert got == np.float32(1.2 if np.float32(h) < np.float32(target) else 0.8)

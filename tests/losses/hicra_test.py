@@ -67,7 +67,11 @@ def test_entropy_proxy_and_port_filter():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.floats(-3, 3), st.floats(0, 1))
+# float32 subnormals are flushed to zero by XLA:CPU (FTZ): draw normal float32 values only.
+@given(
+    st.floats(-3, 3, width=32, allow_subnormal=False),
+    st.floats(0, 1, width=32, allow_subnormal=False),
+)
 def test_sign_preserved_property(a, alpha):
     out, _ = hicra_advantages(
         jnp.full((1, 3), a), jnp.ones((1, 3)), planning_mask=jnp.ones((1, 3)), alpha=alpha

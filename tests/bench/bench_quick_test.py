@@ -1,0 +1,27 @@
+"""The benchmark scripts' ``--quick`` modes run end to end (seconds) and report sane numbers."""
+
+import json
+import math
+
+from bench import gpu_check, train_step
+
+
+def test_train_step_quick_runs():
+    rows, matmul = train_step.main(["--quick", "--no-torch"])
+    assert matmul > 0 and len(rows) == 1
+    r = rows[0]
+    assert r["jax_step_s"] > 0 and r["model_gflop_step"] > 0
+    # the model FLOP count and XLA's own count agree within a factor of 2 on CPU
+    assert 0.5 < r["xla_gflop_step"] / r["model_gflop_step"] < 2.0
+
+
+def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
+    res = gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "numerics", "fused"])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    for name in ("env", "matmul", "numerics", "fused"):
+        assert "error" not in res[name], res[name]
+        assert name in saved
+    num = res["numerics"]
+    assert num["logits_rel_err_f32_highest"] < 1e-5  # CPU: same device as the reference
+    assert num["logits_rel_err_bf16"] < 5e-2 and num["decode_vs_forward_max_abs"] < 1e-4
+    assert res["fused"]["max_diff"] < 1e-4 and math.isfinite(res["fused"]["fused_s"])
