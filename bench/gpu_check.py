@@ -139,11 +139,13 @@ def sec_numerics(args):
         cache = m.init_cache(b, t)
         half = t // 2
         lg, cache = m.decode(tok[:, :half], cache)
-        outs = [lg]
-        for i in range(half, t):
-            lg, cache = m.decode(tok[:, i : i + 1], cache)
-            outs.append(lg)
-        return jnp.concatenate(outs, axis=1)
+
+        def one(cache, col):  # one single-token decode step (a scan, not an unrolled loop)
+            step_logits, cache = m.decode(col[:, None], cache)
+            return cache, step_logits[:, 0]
+
+        _, steps = jax.lax.scan(one, cache, tok[:, half:].T)  # [t - half, B, V]
+        return jnp.concatenate([lg, steps.transpose(1, 0, 2)], axis=1)
 
     with jax.default_matmul_precision("highest"):
         dec = np.asarray(jax.jit(decode_all)(state, tokens))
