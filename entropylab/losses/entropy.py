@@ -152,19 +152,22 @@ class AdaptiveEntropyConfig:
     bonus is only active while entropy is at or below the target, so it never pushes entropy
     further up once above it. Without the gate the bonus is ``c_k`` always.
 
-    Defaults: ``rule="step"`` with the gate is the Skywork-OR1 rule (as described in the
-    report, arXiv:2505.22312 §3 "adaptive entropy control"; TRL PR #6140 parameter names
-    ``entropy_target``, ``entropy_coef_{min,max,delta}``). The numbers (target 0.2, Δ 1e-4,
-    c ∈ [0, 1e-2]) are this library's choice for small models — set them per model; the
-    reference sheet does not record Skywork's values. The SIREN variant ``c ← max(0, c +
+    Defaults: ``rule="step"`` with the gate is the Skywork-OR1 rule (arXiv:2505.22312 §3
+    "adaptive entropy control"). The numbers are those of TRL's port of it (PR #6140,
+    ``GRPOConfig``): target 0.2 nats, Δ = 0.005, c₀ = 0, c ∈ [0, 1]. The TRL names are
+    ``entropy_target``, ``entropy_coef``, ``entropy_coef_{delta,min,max}``, and the update is
+    ``c ← min(c + Δ, c_max)`` if H ≤ H* else ``max(c − Δ, c_min)``. The reference sheet does not
+    record the report's own values, so TRL's are taken as the published implementation. TRL's
+    docstring warns that target 0.2 acts only near a complete collapse: set it near
+    the early-training entropy of your model. The SIREN variant ``c ← max(0, c +
     lr_c·(H_anchor − H))`` is ``rule="proportional", gate=False, min_coef=0``.
     """
 
     target: float = 0.2
     init_coef: float = 0.0
     min_coef: float = 0.0
-    max_coef: float = 1e-2
-    delta: float = 1e-4
+    max_coef: float = 1.0
+    delta: float = 0.005
     rule: str = "step"
     gate: bool = True
 

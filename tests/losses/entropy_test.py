@@ -232,7 +232,7 @@ def test_adaptive_state_is_checkpointable(tmp_path):
     [
         (dict(rule="pid"), "rule"),
         (dict(min_coef=-1.0), "min_coef"),
-        (dict(init_coef=1.0), "init_coef"),
+        (dict(init_coef=2.0), "init_coef"),
         (dict(delta=0.0), "delta"),
         (dict(rule="log", init_coef=0.0), "min_coef"),
         (dict(max_coef=-0.1, init_coef=-0.1), "max_coef"),
@@ -243,4 +243,5 @@ def test_adaptive_config_validation(kw, field):
         AdaptiveEntropyConfig(**kw)
     with pytest.raises(ValueError, match="scalar"):
         cfg = AdaptiveEntropyConfig()
+        assert (cfg.target, cfg.delta, cfg.min_coef, cfg.max_coef) == (0.2, 0.005, 0.0, 1.0)
         adaptive_entropy_update(adaptive_entropy_init(cfg), jnp.ones(3), cfg)
