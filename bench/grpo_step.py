@@ -40,6 +40,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from bench._table import print_markdown_table
 from bench.rollout import rollout_flops
 from bench.train_step import matmul_rate, model_flops_per_token
 from entropylab.models import Transformer, TransformerConfig
@@ -197,19 +198,9 @@ def main(argv=None):
                     "completion_len": statistics.median(r["completion_len"]),
                 }
             )
-    keys = list(rows[0]) + ["ours_speedup"]
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
     for r in rows:
         r["ours_speedup"] = r["step_s"] / ours["step_s"]
-        cells = []
-        for k in keys:
-            v = r[k]
-            if isinstance(v, float):
-                cells.append(f"{v:.2f}x" if k == "ours_speedup" else f"{v:.3g}")
-            else:
-                cells.append(str(v))
-        print("| " + " | ".join(cells) + " |")
+    print_markdown_table(rows, ratio_keys=("ours_speedup",))
     return rows
 
 

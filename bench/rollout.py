@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench._table import print_markdown_table
 from bench.train_step import matmul_rate
 from entropylab.models import load_hf_checkpoint
 from entropylab.rl.sampling import SamplingConfig, make_sampler, sample_keys
@@ -227,18 +228,7 @@ def main(argv=None):
         )
         for b in args.batches
     ]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        cells = []
-        for k in keys:
-            v = r[k]
-            if isinstance(v, float):
-                cells.append(f"{v:.2f}x" if k == "speedup" else f"{v:.3g}")
-            else:
-                cells.append(str(v))
-        print("| " + " | ".join(cells) + " |")
+    print_markdown_table(rows, ratio_keys=("speedup",))
     return rows
 
 

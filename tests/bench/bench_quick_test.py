@@ -25,3 +25,15 @@ def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
     assert num["logits_rel_err_f32_highest"] < 1e-5  # CPU: same device as the reference
     assert num["logits_rel_err_bf16"] < 5e-2 and num["decode_vs_forward_max_abs"] < 1e-4
     assert res["fused"]["max_diff"] < 1e-4 and math.isfinite(res["fused"]["fused_s"])
+
+
+def test_rollout_and_grpo_step_quick_run(capsys):
+    from bench import grpo_step, rollout
+
+    rows = rollout.main(["--quick", "--no-torch"])
+    assert rows and rows[0]["jax_tok_s"] > 0
+    rows = grpo_step.main(["--quick"])
+    assert rows[0]["impl"] == "entropylab" and rows[0]["ours_speedup"] == 1.0
+    assert rows[0]["step_s"] >= rows[0]["rollout_s"] > 0
+    out = capsys.readouterr().out
+    assert "| impl | step_s |" in out and "| batch |" in out
