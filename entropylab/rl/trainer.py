@@ -346,19 +346,24 @@ class GRPOTrainer:
             key = jax.random.fold_in(jax.random.key(cfg.seed + 2), step * 1000)
             self.state, metrics, old_logp, old_ent = self._update_onpolicy(self.state, batch, key)
             collected.append(metrics)
-        for epoch in range(0 if self.fused_old_logp else cfg.epochs):
-            perm = jax.random.permutation(
-                jax.random.fold_in(jax.random.key(cfg.seed + 1), step * 1000 + epoch), n
-            )
-            for m in range(cfg.minibatches):
-                idx = perm[m * mb : (m + 1) * mb]
-                # one minibatch is the whole batch: no reshuffle (same rows, same order)
-                sub = batch if cfg.minibatches == 1 else jax.tree.map(lambda x, i=idx: x[i], batch)
-                key = jax.random.fold_in(
-                    jax.random.key(cfg.seed + 2), step * 1000 + epoch * 100 + m
+        else:
+            for epoch in range(cfg.epochs):
+                perm = jax.random.permutation(
+                    jax.random.fold_in(jax.random.key(cfg.seed + 1), step * 1000 + epoch), n
                 )
-                self.state, metrics = self._update(self.state, sub, key)
-                collected.append(metrics)
+                for m in range(cfg.minibatches):
+                    idx = perm[m * mb : (m + 1) * mb]
+                    # one minibatch is the whole batch: no reshuffle (same rows, same order)
+                    sub = (
+                        batch
+                        if cfg.minibatches == 1
+                        else jax.tree.map(lambda x, i=idx: x[i], batch)
+                    )
+                    key = jax.random.fold_in(
+                        jax.random.key(cfg.seed + 2), step * 1000 + epoch * 100 + m
+                    )
+                    self.state, metrics = self._update(self.state, sub, key)
+                    collected.append(metrics)
         ent_after = None
         if cfg.measure_entropy_change:
             ent_after = self._recompute(self.state["params"], r.tokens, r.mask)[1]
