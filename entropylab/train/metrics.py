@@ -2,21 +2,24 @@
 
 One JSON object per line: ``{"step": int, "<name>": float | list, ...}``. Arrays become floats
 (scalars) or nested lists (e.g. per-layer attention entropy ``[L]``). Only process 0 writes.
-On resume, :class:`MetricWriter` drops the records after the restored step (rewriting the file
-through a temp file and rename), so the file of a resumed run equals the uninterrupted run's.
+On resume, :class:`MetricWriter` checks the file against the restored step
+(:func:`entropylab.runs.check_metrics`: a torn last line is dropped with a warning, a torn
+middle line or a gap in the steps is a ``ValueError`` naming the file and line, a file ending
+before the restored step is a :class:`~entropylab.runs.MetricsGapError`) and drops the records
+after the restored step (rewriting the file atomically), so the file of a resumed run equals the
+uninterrupted run's. Nothing is written or truncated before those checks pass.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from entropylab import runs
 
 
 def to_python(value):
@@ -43,8 +46,8 @@ class MetricWriter:
 
     Args:
       path: the JSONL file.
-      resume_step: if given, keep only existing records with ``step <= resume_step``; otherwise
-        the file is truncated.
+      resume_step: if given, keep the existing records with ``step <= resume_step`` after
+        checking them (see the module docstring); otherwise the file is truncated.
       tensorboard: ``None`` = use it if importable, ``False`` = never, ``True`` = required.
     """
 
@@ -55,19 +58,8 @@ class MetricWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept: list[str] = []
-        if resume_step is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from an interrupted run
-                if rec.get("step", math.inf) <= resume_step:
-                    kept.append(line)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = runs.check_metrics(self.path, resume_step) if resume_step is not None else []
+        runs.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
         if tensorboard is not False:
             self._tb = _tensorboard_writer(self.path.parent / "tensorboard")
@@ -107,9 +99,9 @@ class MetricWriter:
 
 
 def read_jsonl(path) -> list[dict]:
-    """All records of a JSONL metrics file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of a JSONL metrics file (``ValueError`` naming ``path:line`` on a bad line,
+    ``FileNotFoundError`` if missing)."""
+    return runs.read_jsonl(path)
 
 
 class ProgressBar:

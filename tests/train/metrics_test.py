@@ -4,6 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from entropylab.train.metrics import MetricWriter, ProgressBar, read_jsonl, to_python
 
@@ -24,7 +25,9 @@ def test_writer_records_and_resume(tmp_path):
     assert recs[2] == {"step": 3, "loss": 1.5, "attn_entropy": [1.0, 2.0]}
     with open(path, "a") as f:
         f.write('{"step": 6, "loss"')  # torn line from a crash
-    with MetricWriter(path, resume_step=3, tensorboard=False) as w:
+    with pytest.warns(UserWarning, match="metrics.jsonl:6: dropping a torn last line"):
+        w = MetricWriter(path, resume_step=3, tensorboard=False)
+    with w:
         w.write(4, {"loss": 9.0})
     recs = read_jsonl(path)
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["loss"] == 9.0
