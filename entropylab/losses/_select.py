@@ -9,6 +9,8 @@ equals one device holding the concatenated batch (shard order = device index ord
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import jax
 import jax.numpy as jnp
 
@@ -28,14 +30,73 @@ def local_slice(g, local_batch: int, axis_name):
     return jax.lax.dynamic_slice_in_dim(g, start, local_batch, axis=0)
 
 
+_I32_MAX = 2**31 - 1
+
+
+def _rational(frac) -> tuple[int, int]:
+    """``frac`` (a concrete number in [0, 1]) as a reduced fraction ``p/q`` with ``q < 2^31``.
+
+    The shortest decimal spelling of the float is used when its denominator fits (``0.2`` →
+    1/5, ``2e-3`` → 1/500, any value with ≤ 9 decimals), else the closest fraction with
+    ``q < 2^31`` (``1/3`` → 1/3)."""
+    try:
+        f = float(frac)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise TypeError(
+            f"frac must be a concrete number (a static hyper-parameter), got {frac!r}"
+        ) from e
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"frac must be in [0, 1], got {frac}")
+    r = Fraction(repr(f))
+    if r.denominator > _I32_MAX:
+        r = Fraction(f).limit_denominator(_I32_MAX)
+    return r.numerator, r.denominator
+
+
+def _floor_div_mul(n, frac):
+    """``(⌊n·p/q⌋, (n·p) mod q ≠ 0)`` in exact uint32 arithmetic for ``0 ≤ n < 2^31``.
+
+    ``n = a·q + r`` gives ``n·p/q = a·p + r·p/q``; ``⌊r·p/q⌋`` (r, p < q < 2^31) is built bit by
+    bit over the static ``p`` (binary long multiplication modulo q): every intermediate stays
+    below ``2q < 2^32``, so nothing overflows and no float is involved.
+    """
+    p, q = _rational(frac)
+    x = jnp.asarray(n)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        x = jnp.round(x)
+    x = jnp.clip(x, 0, _I32_MAX).astype(jnp.uint32)
+    if p == q:
+        return x.astype(jnp.int32), jnp.zeros(x.shape, bool)
+    uq = jnp.uint32(q)
+    a, r = x // uq, x % uq
+    quo = jnp.zeros_like(x)
+    rem = jnp.zeros_like(x)
+    for bit in bin(p)[2:] if p else "":
+        quo, rem = quo * 2, rem * 2  # rem < q ≤ 2^31 - 1 → 2·rem < 2^32
+        c = rem >= uq
+        quo, rem = quo + c.astype(jnp.uint32), jnp.where(c, rem - uq, rem)
+        if bit == "1":
+            rem = rem + r  # < 2q
+            c = rem >= uq
+            quo, rem = quo + c.astype(jnp.uint32), jnp.where(c, rem - uq, rem)
+    return (a * jnp.uint32(p) + quo).astype(jnp.int32), rem != 0
+
+
 def count_floor(frac, n):
-    """``floor(frac·n)`` robust to float rounding of the product (n ≥ 0 traced)."""
-    return jnp.floor(frac * n * (1.0 + 1e-6) + 1e-6).astype(jnp.int32)
+    """``⌊frac·n⌋`` as int32, integer-exact for any count ``0 ≤ n < 2^31``.
+
+    ``frac`` is a static number in [0, 1], read as the fraction it spells (:func:`_rational`);
+    ``n`` may be traced (int or float holding an integer). The product is never formed in
+    floating point, so ``count_floor(0.2, 10**7) == 2_000_000`` and
+    ``count_floor(0.2, 2**30) == 214_748_364`` (float32 gives 214_748_368)."""
+    return _floor_div_mul(n, frac)[0]
 
 
 def count_ceil(frac, n):
-    """``ceil(frac·n)`` robust to float rounding of the product."""
-    return jnp.ceil(frac * n * (1.0 - 1e-6) - 1e-6).astype(jnp.int32)
+    """``⌈frac·n⌉`` as int32, integer-exact for any count ``0 ≤ n < 2^31`` (see
+    :func:`count_floor`): ``count_ceil(0.2, 10**7) == 2_000_000``."""
+    fl, inexact = _floor_div_mul(n, frac)
+    return fl + inexact.astype(jnp.int32)
 
 
 def topk_mask(scores, valid, k, *, axis_name=None):
