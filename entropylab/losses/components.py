@@ -54,16 +54,27 @@ from entropylab.losses import policy as _pol
 from entropylab.losses import siren as _siren_mod
 from entropylab.losses import steer as _steer
 from entropylab.losses.registry import (
+    SumCount,
     kwargs_of,
     register_advantage_shaper,
     register_policy_loss,
     register_regularizer,
 )
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean
+from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_sum
 
 _sg = jax.lax.stop_gradient
 _AGG = ("loss_agg_mode", "loss_scale_factor", "axis_name")
 _SOURCES = ("current", "old")
+_FIELD = {"current": "entropy", "old": "old_entropy"}
+
+
+def _source_needs(default, key="entropy_source", extra=()):
+    """``needs(kwargs)`` for a component reading ``inputs.entropy`` or ``inputs.old_entropy``."""
+    return lambda kw: (_FIELD.get(kw.get(key, default), "entropy"), *extra)
+
+
+def _tree_where(cond, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
 
 
 def _entropy(inputs, source, who):
@@ -144,13 +155,12 @@ def _entropy_policy(name, loss_fn, default_source, exclude=("entropy", "key")):
         return loss_fn(*args, entropy=h, **ctx.agg_kw, **kw)
 
     acc, req = kwargs_of(loss_fn, _AGG + tuple(exclude))
-    field = "entropy" if default_source == "current" else "old_entropy"
     register_policy_loss(
         name,
         fn,
         accepts=acc | {"entropy_source"},
         required=req,
-        needs=(field,),
+        needs=_source_needs(default_source),
         validate=_check_source(default_source),
     )
 
@@ -232,7 +242,12 @@ def _validate_bonus(kw):
         )
 
 
-register_regularizer("entropy_bonus", _entropy_bonus, needs=("entropy",), validate=_validate_bonus)
+register_regularizer(
+    "entropy_bonus",
+    _entropy_bonus,
+    needs=lambda kw: ("entropy", "step") if kw.get("schedule") is not None else ("entropy",),
+    validate=_validate_bonus,
+)
 
 _ADAPT = tuple(f.name for f in dataclasses.fields(_ent.AdaptiveEntropyConfig))
 
@@ -280,6 +295,26 @@ def _adaptive_update(state, metrics, kw):
     return nxt, {"entropy/adaptive_coef_next": nxt.coef}
 
 
+def _adaptive_stats(inputs, ctx, metrics, kw):
+    """``{"entropy": (Σ H, Σ mask)}`` of the measured entropy (global over ``axis_name``)."""
+    h = _sg(_entropy(inputs, kw.get("measure", "current"), "adaptive_entropy"))
+    return {
+        "entropy": SumCount(
+            masked_sum(h.astype(jnp.float32), inputs.mask, axis_name=ctx.axis_name),
+            masked_count(inputs.mask, axis_name=ctx.axis_name),
+        )
+    }
+
+
+def _adaptive_from_stats(state, stats, kw):
+    """One controller step on the token mean of the measured entropy over everything added
+    into ``stats``; no tokens (count 0) leaves the state unchanged."""
+    st = stats["entropy"]
+    _, nxt, _ = _ent.adaptive_entropy_update(state, st.mean(), _adaptive_cfg(kw))
+    nxt = _tree_where(st.count > 0, nxt, state)
+    return nxt, {"entropy/adaptive_coef_next": nxt.coef, "entropy/adaptive_measured": st.mean()}
+
+
 def _validate_adaptive(kw):
     _adaptive_cfg(kw)
     if kw.get("measure", "current") not in _SOURCES:
@@ -292,10 +327,13 @@ register_regularizer(
     "adaptive_entropy",
     _adaptive_entropy,
     accepts=set(_ADAPT) | {"measure", "entropy_agg_mode"},
-    needs=("entropy",),
+    needs=lambda kw: ("entropy", "old_entropy") if kw.get("measure") == "old" else ("entropy",),
     init_state=lambda kw: _ent.adaptive_entropy_init(_adaptive_cfg(kw)),
     update_state=_adaptive_update,
     validate=_validate_adaptive,
+    stats=_adaptive_stats,
+    zero_stats=lambda kw: {"entropy": SumCount.zeros()},
+    update_from_stats=_adaptive_from_stats,
 )
 
 
@@ -356,6 +394,24 @@ def _siren_update(state, metrics, kw):
     return {"anchor": anchor, "initialized": jnp.ones((), bool)}, {"entropy/siren_anchor": anchor}
 
 
+def _siren_stats(inputs, ctx, metrics, kw):
+    """``{"anchor": (Σ_rows H_anchor, rows)}``: this mini-batch's anchor candidate weighted by its
+    number of responses with a valid token (count 0 when the anchor is not learned)."""
+    rows = masked_count(jnp.any(jnp.asarray(inputs.mask) != 0, axis=-1), axis_name=ctx.axis_name)
+    if kw.get("anchor") is not None or kw.get("form", "anchored") != "anchored":
+        rows = jnp.zeros((), jnp.float32)
+    return {"anchor": SumCount.from_mean(metrics["entropy/siren_anchor"], rows)}
+
+
+def _siren_from_stats(state, stats, kw):
+    """Set the anchor once, from the row-weighted mean of the first step's candidates."""
+    st = stats["anchor"]
+    keep = state["initialized"] | (st.count <= 0)
+    anchor = jnp.where(keep, state["anchor"], st.mean())
+    init = state["initialized"] | (st.count > 0)
+    return {"anchor": anchor, "initialized": init}, {"entropy/siren_anchor": anchor}
+
+
 _SIREN_ACCEPTS = kwargs_of(_siren_mod.siren_regularizer, ("anchor", "axis_name"))[0] | {
     "anchor",
     "top_p",
@@ -374,6 +430,10 @@ register_regularizer(
         "initialized": jnp.zeros((), bool),
     },
     update_state=_siren_update,
+    needs=("logits|extras.entropy_p",),
+    stats=_siren_stats,
+    zero_stats=lambda kw: {"anchor": SumCount.zeros()},
+    update_from_stats=_siren_from_stats,
 )
 
 
@@ -445,6 +505,22 @@ def _ares_kl_update(state, metrics, kw):
     return new, {f"ares/beta_next_{n}": new.beta[d] for d, n in enumerate(_BUCKETS)}
 
 
+def _ares_kl_stats(inputs, ctx, metrics, kw):
+    """``{"kl": (Σ KL, tokens)}`` per bucket ``[3]`` (easy, medium, hard), global."""
+    kl = jnp.stack([metrics[f"ares/kl_{n}"] for n in _BUCKETS])
+    cnt = jnp.stack([metrics[f"ares/tokens_{n}"] for n in _BUCKETS])
+    return {"kl": SumCount.from_mean(kl, cnt)}
+
+
+def _ares_kl_from_stats(state, stats, kw):
+    """One :func:`ares_kl_update` call on the per-bucket token-mean KL of everything added into
+    ``stats`` (buckets with no token are not present; no token at all: no call)."""
+    st = stats["kl"]
+    new = _ares.ares_kl_update(state, st.mean(), st.count > 0, **_ares_update_kw(kw))
+    new = _tree_where(jnp.any(st.count > 0), new, state)
+    return new, {f"ares/beta_next_{n}": new.beta[d] for d, n in enumerate(_BUCKETS)}
+
+
 def _validate_ares(kw):
     _kl.kl_penalty(jnp.zeros(1), jnp.zeros(1), kind=kw.get("kind", "low_var_kl"))
     if not kw.get("kl_coef", 1e-2) >= 0:
@@ -459,6 +535,9 @@ register_regularizer(
     init_state=lambda kw: _ares.ares_kl_init(target_kl=kw.get("target_kl", 0.01)),
     update_state=_ares_kl_update,
     validate=_validate_ares,
+    stats=_ares_kl_stats,
+    zero_stats=lambda kw: {"kl": SumCount.zeros((3,))},
+    update_from_stats=_ares_kl_from_stats,
 )
 
 
@@ -485,6 +564,9 @@ register_advantage_shaper(
     _hicra,
     accepts=kwargs_of(_hicra_mod.hicra_advantages, ("planning_mask", "entropy", "axis_name"))[0]
     | {"entropy_source"},
+    needs=lambda kw: (
+        f"{_FIELD.get(kw.get('entropy_source', 'old'), 'old_entropy')}|extras.planning_mask",
+    ),
     validate=_check_source("old"),
 )
 
@@ -501,6 +583,7 @@ register_advantage_shaper(
     _ettrl,
     accepts=kwargs_of(_ettrl_mod.ettrl_advantages)[0] | {"entropy_source"},
     required=("group_size",),
+    needs=_source_needs("old"),
     validate=_check_source("old"),
 )
 
@@ -534,4 +617,9 @@ def _agentic_shaper(inputs, ctx, *, entropy_source="current", alpha=0.2):
     }
 
 
-register_advantage_shaper("agentic_aepo", _agentic_shaper, validate=_check_source("current"))
+register_advantage_shaper(
+    "agentic_aepo",
+    _agentic_shaper,
+    needs=_source_needs("current"),
+    validate=_check_source("current"),
+)

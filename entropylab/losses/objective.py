@@ -14,7 +14,16 @@ Usage (the RL trainer's interface)::
     objective = build_objective(cfg)          # ValueError for unknown names / kwargs
     state = objective.init_state()            # pytree ({} if nothing is adaptive)
     loss, metrics = objective.loss(inputs, state)          # pure, jit-able, differentiable
-    state, info = objective.update_state(state, metrics)   # after the optimiser step
+
+    # per step, over any mini-batch split (see Objective):
+    stats = objective.zero_stats()
+    loss, metrics, s = objective.loss_and_stats(mb, state)  # per mini-batch (differentiate loss)
+    stats = objective.add_stats(stats, s)
+    state, info = objective.update_state_from_stats(state, stats)  # once, after the last step
+    diag = objective.diagnostics(batch)                     # once, on the whole batch
+
+``objective.needs`` / ``objective.needs_logits`` say which inputs to compute.
+(``objective.update_state(state, metrics)`` is the older per-metrics form, still supported.)
 
 Metrics are namespaced: ``pg/*`` (policy loss), ``kl/*``, ``entropy/*``, ``cov/*``, ``<method>/*``,
 ``loss/policy``, ``loss/kl``, ``loss/<regularizer>``, ``loss/total``. All are stop-gradient.
@@ -40,9 +49,15 @@ import jax
 import jax.numpy as jnp
 
 from entropylab.losses import components as _components  # noqa: F401  (registers built-ins)
-from entropylab.losses.covariance import covariance_stats
-from entropylab.losses.kl import KL_KINDS, kl_loss
-from entropylab.losses.registry import ComponentContext, get_component
+from entropylab.losses.covariance import covariance_stats, predicted_entropy_change
+from entropylab.losses.kl import (
+    KL_KINDS,
+    AdaptiveKLController,
+    KLControllerState,
+    kl_controller_update,
+    kl_loss,
+)
+from entropylab.losses.registry import ComponentContext, SumCount, get_component
 from entropylab.ops.masked import AGG_MODES, masked_mean
 from entropylab.ops.stats import entropy_stats
 
@@ -203,18 +218,52 @@ def _merge(into, new, who, owners):
         into[k] = v
 
 
-def _check_needs(spec, inputs):
-    for n in spec.needs:
-        if n.startswith("extras."):
-            if n[7:] not in (inputs.extras or {}):
-                raise ValueError(f"{spec.kind} {spec.name!r} needs inputs.extras[{n[7:]!r}]")
-        elif getattr(inputs, n) is None:
-            raise ValueError(f"{spec.kind} {spec.name!r} needs inputs.{n}")
+def _present(inputs, name):
+    if name.startswith("extras."):
+        return name[7:] in (inputs.extras or {})
+    return getattr(inputs, name) is not None
+
+
+def _check_needs(spec, kw, inputs):
+    for n in spec.needs_for(kw):
+        alts = n.split("|")
+        if not any(_present(inputs, a) for a in alts):
+            what = " or ".join(
+                f"inputs.extras[{a[7:]!r}]" if a.startswith("extras.") else f"inputs.{a}"
+                for a in alts
+            )
+            raise ValueError(f"{spec.kind} {spec.name!r} needs {what}")
+
+
+_BASE_NEEDS = frozenset({"logp", "old_logp", "advantages", "mask"})
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A built objective (see :func:`build_objective`); hashable, holds only the config."""
+    """A built objective (see :func:`build_objective`); hashable, holds only the config.
+
+    Per training step (the RL engine's loop)::
+
+        stats = obj.zero_stats()                                   # scan carry
+        for mb in minibatches:                                     # any split, any epochs
+            loss, metrics, s = obj.loss_and_stats(mb, state)       # differentiate ``loss``
+            stats = jax.tree.map(jnp.add, stats, s)                # or Objective.add_stats
+        state, info = obj.update_state_from_stats(state, stats)    # pure, jit-able
+        diag = obj.diagnostics(full_batch)                         # once, on the whole batch
+
+    ``stats`` is a pytree of :class:`~entropylab.losses.registry.SumCount` ``(sum, count)``
+    pairs, one per stateful part: ``{"kl": …}`` (adaptive KL controller: Σ of per-sequence mean
+    KL, number of sequences), ``{"regularizers": {"adaptive_entropy": {"entropy": (Σ H, tokens)},
+    "siren": {"anchor": (Σ_rows H_sel, rows)}, "ares_kl": {"kl": (Σ KL [3], tokens [3])}}}``.
+    Added over mini-batches it holds the statistic of the whole batch, and each controller
+    then makes **one** update from ``sum / count``: the adaptive entropy coefficient moves on the
+    token-mean entropy of all mini-batches, the adaptive KL β on the mean per-sequence KL over
+    all sequences with ``n_steps`` = their number (verl's whole-batch ``current_kl``), ARES'
+    per-bucket β on each bucket's token-mean KL (one controller call per step; the release calls
+    it per micro-batch), SIREN's anchor on the row-weighted mean of the first step's
+    candidates. A part with ``count == 0`` (nothing added) leaves its state unchanged. The
+    statistics are global over ``axis_name`` (identical on every device).
+    """
 
     config: ObjectiveConfig
 
@@ -233,6 +282,30 @@ class Objective:
         for r in regs:
             yield "regularizers", r[0].name, r
 
+    # ------------------------------------------------------------------------ introspection
+    @property
+    def needs(self) -> frozenset:
+        """Inputs the loss reads: ``ObjectiveInputs`` field names and ``"extras.<name>"``.
+
+        Always ``logp, old_logp, advantages, mask``; ``ref_logp`` when a KL term is on; each
+        component's own (with its configured ``entropy_source`` etc.). Where a component
+        accepts either of two inputs (SIREN: ``logits`` or ``extras.entropy_p``; HICRA: the
+        entropy or ``extras.planning_mask``) the one a trainer normally supplies (the first)
+        is listed. Diagnostics read ``entropy``/``old_entropy``/``ref_logp`` only if given.
+        """
+        out = set(_BASE_NEEDS)
+        if self.config.uses_kl:
+            out.add("ref_logp")
+        for _, _, (spec, kw) in self._slots():
+            out.update(n.split("|")[0] for n in spec.needs_for(kw))
+        return frozenset(out)
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether the loss reads ``inputs.logits`` ``[B, T, V]`` (e.g. SIREN's top-p entropy)."""
+        return "logits" in self.needs
+
+    # ------------------------------------------------------------------------ state
     def init_state(self) -> dict:
         """Initial state pytree, holding only the components with state (``{}`` if none).
 
@@ -257,17 +330,50 @@ class Objective:
             return state.get("policy")
         return state.get(group, {}).get(name)
 
-    def loss(self, inputs: ObjectiveInputs, state=None, *, axis_name=_UNSET):
-        """``(total_loss, metrics)``; pure and jit-able (config static, ``state`` a pytree)."""
+    def zero_stats(self) -> dict:
+        """The all-zero statistics pytree (same structure, shapes and dtypes as the ``stats``
+        of :meth:`loss_and_stats`); use it as the accumulator / ``lax.scan`` carry."""
+        out: dict = {}
+        for group, name, (spec, kw) in self._slots():
+            if spec.zero_stats is None:
+                continue
+            if group == "policy":
+                out["policy"] = spec.zero_stats(kw)
+            else:
+                out.setdefault(group, {})[name] = spec.zero_stats(kw)
+        if self.config.kl_controller == "adaptive":
+            out["kl"] = SumCount.zeros()
+        return out
+
+    @staticmethod
+    def add_stats(a, b):
+        """Elementwise sum of two statistics pytrees (what accumulating mini-batches means)."""
+        return jax.tree.map(jnp.add, a, b)
+
+    # ------------------------------------------------------------------------ loss
+    def loss(self, inputs: ObjectiveInputs, state=None, *, axis_name=_UNSET, diagnostics=True):
+        """``(total_loss, metrics)``; pure and jit-able (config static, ``state`` a pytree).
+
+        ``diagnostics=False`` skips the ``entropy/*``, ``cov/*`` and diagnostic ``kl/<k>``
+        statistics (take them once per step on the whole batch with :meth:`diagnostics`);
+        ``config.diagnostics=False`` skips them too.
+        """
+        total, metrics, _ = self._run(inputs, state, axis_name, diagnostics, False)
+        return total, metrics
+
+    def loss_and_stats(
+        self, inputs: ObjectiveInputs, state=None, *, axis_name=_UNSET, diagnostics=False
+    ):
+        """``(total_loss, metrics, stats)``: :meth:`loss` plus this mini-batch's controller
+        statistics (see the class docstring; the structure is :meth:`zero_stats`'s). The
+        diagnostics are off by default here (they belong to :meth:`diagnostics`)."""
+        return self._run(inputs, state, axis_name, diagnostics, True)
+
+    def _run(self, inputs, state, axis_name, diagnostics, with_stats):
         c = self.config
         ax = c.axis_name if axis_name is _UNSET else axis_name
         state = {} if state is None else state
-        if jnp.ndim(inputs.logp) != 2:
-            raise ValueError(f"inputs.logp must be [B, T], got shape {jnp.shape(inputs.logp)}")
-        for f in ("old_logp", "advantages", "mask", "entropy", "old_entropy", "ref_logp"):
-            v = getattr(inputs, f)
-            if v is not None and jnp.shape(v) != jnp.shape(inputs.logp):
-                raise ValueError(f"inputs.{f} must have logp's shape {jnp.shape(inputs.logp)}")
+        self._check_shapes(inputs)
         (pspec, pkw), regs, shapers = self._parts()
         metrics, owners = {}, {}
 
@@ -276,28 +382,22 @@ class Objective:
                 c.loss_agg_mode, c.loss_scale_factor, ax, self._slot(state, group, name)
             )
 
-        adv = jnp.asarray(inputs.advantages)
-        for spec, kw in shapers:
-            _check_needs(spec, inputs)
-            adv, m = spec.fn(
-                dataclasses.replace(inputs, advantages=adv),
-                ctx("advantage_shapers", spec.name),
-                **kw,
-            )
-            adv = jax.lax.stop_gradient(adv)
-            _merge(metrics, m, f"advantage_shaper {spec.name!r}", owners)
-        inputs = dataclasses.replace(inputs, advantages=adv)
+        inputs, m = self._shape(inputs, state, ax)
+        _merge(metrics, m, "advantage_shapers", owners)
+        adv = inputs.advantages
 
-        _check_needs(pspec, inputs)
+        _check_needs(pspec, pkw, inputs)
         pg, m = pspec.fn(inputs, ctx("policy", pspec.name), **pkw)
         _merge(metrics, m, f"policy_loss {pspec.name!r}", owners)
         total = pg
         parts = {"loss/policy": pg}
+        comp_metrics = {("policy", pspec.name): m}
 
         kl_key = f"kl/{_KL_CANON[c.kl_kind.rstrip('+')]}"
         if c.uses_kl and inputs.ref_logp is None:
             raise ValueError("kl_coef > 0 (or an adaptive KL controller) needs inputs.ref_logp")
-        if inputs.ref_logp is not None and (c.uses_kl or c.diagnostics):
+        want_diag = bool(diagnostics) and c.diagnostics
+        if inputs.ref_logp is not None and (c.uses_kl or want_diag):
             kl_val, _ = kl_loss(
                 inputs.logp,
                 inputs.ref_logp,
@@ -320,36 +420,179 @@ class Objective:
             _merge(metrics, {kl_key: kl_val}, "kl", owners)
 
         for spec, kw in regs:
-            _check_needs(spec, inputs)
+            _check_needs(spec, kw, inputs)
             r, m = spec.fn(inputs, ctx("regularizers", spec.name), **kw)
             _merge(metrics, m, f"regularizer {spec.name!r}", owners)
+            comp_metrics[("regularizers", spec.name)] = m
             total = total + r
             parts[f"loss/{spec.name}"] = r
         _merge(metrics, parts, "objective", owners)
         metrics["loss/total"] = total
 
-        if c.diagnostics:
-            diag = {}
-            h = inputs.entropy if inputs.entropy is not None else inputs.old_entropy
-            if h is not None:
-                st = entropy_stats(jax.lax.stop_gradient(h), inputs.mask, axis_name=ax)
-                diag.update({f"entropy/{k}": v for k, v in st.items()})
-            if inputs.old_entropy is not None:
-                diag["entropy/old_mean"] = masked_mean(
-                    inputs.old_entropy, inputs.mask, axis_name=ax
-                )
-            diag.update(
-                covariance_stats(
-                    inputs.logp, adv, inputs.mask, top_fraction=c.cov_top_fraction, axis_name=ax
-                )
-            )
-            for k, v in diag.items():
+        if want_diag:
+            for k, v in self._diag(inputs, adv, ax).items():
                 metrics.setdefault(k, v)
-        return total, jax.lax.stop_gradient(metrics)
+        metrics = jax.lax.stop_gradient(metrics)
+        if not with_stats:
+            return total, metrics, None
+
+        stats: dict = {}
+        for group, name, (spec, kw) in self._slots():
+            if spec.stats is None:
+                continue
+            sm = jax.lax.stop_gradient(comp_metrics.get((group, name), {}))
+            st = spec.stats(inputs, ctx(group, name), sm, kw)
+            if group == "policy":
+                stats["policy"] = st
+            else:
+                stats.setdefault(group, {})[name] = st
+        if c.kl_controller == "adaptive":
+            stats["kl"] = SumCount.from_mean(metrics["kl/seq_mean"], metrics["kl/n_seq"])
+        stats = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stats)
+        return total, metrics, stats
+
+    @staticmethod
+    def _check_shapes(inputs):
+        if jnp.ndim(inputs.logp) != 2:
+            raise ValueError(f"inputs.logp must be [B, T], got shape {jnp.shape(inputs.logp)}")
+        for f in ("old_logp", "advantages", "mask", "entropy", "old_entropy", "ref_logp"):
+            v = getattr(inputs, f)
+            if v is not None and jnp.shape(v) != jnp.shape(inputs.logp):
+                raise ValueError(f"inputs.{f} must have logp's shape {jnp.shape(inputs.logp)}")
+
+    def _shape(self, inputs, state, ax):
+        """Apply the advantage shapers in order; ``(inputs with shaped advantages, metrics)``."""
+        c = self.config
+        _, _, shapers = self._parts()
+        metrics, owners = {}, {}
+        adv = jnp.asarray(inputs.advantages)
+        for spec, kw in shapers:
+            _check_needs(spec, kw, inputs)
+            sctx = ComponentContext(
+                c.loss_agg_mode,
+                c.loss_scale_factor,
+                ax,
+                self._slot(state, "advantage_shapers", spec.name),
+            )
+            adv, m = spec.fn(dataclasses.replace(inputs, advantages=adv), sctx, **kw)
+            adv = jax.lax.stop_gradient(adv)
+            _merge(metrics, m, f"advantage_shaper {spec.name!r}", owners)
+        return dataclasses.replace(inputs, advantages=adv), metrics
+
+    def _diag(self, inputs, adv, ax):
+        c = self.config
+        diag = {}
+        h = inputs.entropy if inputs.entropy is not None else inputs.old_entropy
+        if h is not None:
+            st = entropy_stats(jax.lax.stop_gradient(h), inputs.mask, axis_name=ax)
+            diag.update({f"entropy/{k}": v for k, v in st.items()})
+        if inputs.old_entropy is not None:
+            diag["entropy/old_mean"] = masked_mean(inputs.old_entropy, inputs.mask, axis_name=ax)
+        diag.update(
+            covariance_stats(
+                inputs.logp, adv, inputs.mask, top_fraction=c.cov_top_fraction, axis_name=ax
+            )
+        )
+        return diag
+
+    def diagnostics(
+        self, inputs: ObjectiveInputs, state=None, *, axis_name=None, learning_rate=1.0
+    ) -> dict:
+        """Once-per-step diagnostics of a (whole) batch, all stop-gradient; pure, jit-able.
+
+        ``entropy/{mean,p50,p80,p95,frac_above}`` of ``inputs.entropy`` (else
+        ``inputs.old_entropy``) and ``entropy/old_mean`` when given; ``cov/*`` of
+        :func:`covariance_stats` on the shaped advantages (the advantage shapers are applied,
+        with ``state``'s slots); ``cov/predicted_dH`` = :func:`predicted_entropy_change` with
+        ``learning_rate`` (natural-PG form, ``−η·Cov(log π, A)``); ``kl/<k>`` (the configured
+        estimator, ``loss_agg_mode``-aggregated) when ``inputs.ref_logp`` is given.
+        Independent of ``config.diagnostics``. ``axis_name``: ``None`` (one device) by default.
+        """
+        c = self.config
+        state = {} if state is None else state
+        self._check_shapes(inputs)
+        inputs, _ = self._shape(inputs, state, axis_name)
+        out = self._diag(inputs, inputs.advantages, axis_name)
+        out["cov/predicted_dH"] = predicted_entropy_change(
+            inputs.logp,
+            inputs.advantages,
+            inputs.mask,
+            learning_rate=learning_rate,
+            axis_name=axis_name,
+        )
+        if inputs.ref_logp is not None:
+            kl_key = f"kl/{_KL_CANON[c.kl_kind.rstrip('+')]}"
+            out[kl_key] = kl_loss(
+                inputs.logp,
+                inputs.ref_logp,
+                inputs.mask,
+                kind=c.kl_kind,
+                loss_agg_mode=c.kl_agg_mode or c.loss_agg_mode,
+                loss_scale_factor=c.loss_scale_factor,
+                axis_name=axis_name,
+            )[0]
+        return jax.lax.stop_gradient(out)
+
+    # ------------------------------------------------------------------------ updates
+    def _kl_controller(self):
+        c = self.config
+        return AdaptiveKLController(
+            init_kl_coef=c.kl_coef, target_kl=c.kl_target, horizon=c.kl_horizon
+        )
+
+    def _kl_update(self, beta, current_kl, n_seq):
+        st = kl_controller_update(
+            self._kl_controller(),
+            KLControllerState(value=jnp.asarray(beta, jnp.float32)),
+            current_kl,
+            n_seq,
+        )
+        return st.value
+
+    def update_state_from_stats(self, state, stats):
+        """``(next_state, info)`` from the statistics accumulated over this step's mini-batches.
+
+        Pure and jit-able (no Python control flow on values). Each stateful part makes one
+        update from its ``sum / count`` (see the class docstring); the adaptive KL coefficient
+        uses :func:`~entropylab.losses.kl.kl_controller_update` with ``current_kl`` = the mean
+        per-sequence KL and ``n_steps`` = the number of sequences. ``info`` holds the next
+        values (``kl/coef_next``, ``entropy/adaptive_coef_next``, ``entropy/adaptive_measured``,
+        ``entropy/siren_anchor``, ``ares/beta_next_<bucket>``) and ``kl/current`` (the KL the
+        controller saw).
+        """
+        new = dict(state)
+        info = {}
+        for group, name, (spec, kw) in self._slots():
+            if spec.init_state is None:
+                continue
+            if spec.update_from_stats is None:
+                if spec.update_state is None:
+                    continue
+                raise ValueError(
+                    f"{spec.kind} {name!r} has state but no update_from_stats hook; "
+                    "use update_state(state, metrics) for it"
+                )
+            sub = stats["policy"] if group == "policy" else stats[group][name]
+            slot, i = spec.update_from_stats(self._slot(state, group, name), sub, kw)
+            if group == "policy":
+                new["policy"] = slot
+            else:
+                new[group] = {**new.get(group, {}), name: slot}
+            info.update(i)
+        if self.config.kl_controller == "adaptive":
+            st = stats["kl"]
+            new["kl"] = self._kl_update(state["kl"], st.mean(), st.count)
+            info["kl/coef_next"] = new["kl"]
+            info["kl/current"] = st.mean()
+        return new, info
 
     def update_state(self, state, metrics):
-        """``(next_state, info)`` from this step's metrics (pure, jit-able)."""
-        c = self.config
+        """``(next_state, info)`` from one step's metrics (legacy; pure, jit-able).
+
+        Kept for callers that average the metrics of their mini-batches; prefer
+        :meth:`loss_and_stats` + :meth:`update_state_from_stats`, which weight every token and
+        sequence of the step equally.
+        """
         new = jax.tree_util.tree_map(lambda x: x, dict(state))
         info = {}
         for group, name, (spec, kw) in self._slots():
@@ -361,10 +604,8 @@ class Objective:
             else:
                 new[group] = {**new.get(group, {}), name: slot}
             info.update(i)
-        if c.kl_controller == "adaptive":
-            beta = jnp.asarray(state["kl"], jnp.float32)
-            err = jnp.clip(metrics["kl/seq_mean"] / c.kl_target - 1.0, -0.2, 0.2)
-            new["kl"] = beta * (1.0 + err * metrics["kl/n_seq"] / c.kl_horizon)
+        if self.config.kl_controller == "adaptive":
+            new["kl"] = self._kl_update(state["kl"], metrics["kl/seq_mean"], metrics["kl/n_seq"])
             info["kl/coef_next"] = new["kl"]
         return new, info
 
@@ -394,4 +635,6 @@ def build_objective(config: ObjectiveConfig) -> Objective:
     obj = Objective(config)
     for _, _, (spec, kw) in obj._slots():
         spec.check_kwargs(kw)
+        if spec.stats is not None and spec.init_state is None:
+            raise ValueError(f"{spec.kind} {spec.name!r}: `stats` without `init_state`")
     return obj

@@ -8,7 +8,16 @@ fields it needs, and optional state hooks (adaptive coefficients, anchors, contr
     fn(inputs, ctx, **kwargs) -> (advantages, metrics)     advantage shaper ([B, T], no gradient)
 
     init_state(kwargs) -> pytree                            (optional)
-    update_state(slot, metrics, kwargs) -> (slot, info)     (optional; after each train step)
+    update_state(slot, metrics, kwargs) -> (slot, info)     (optional; legacy, from metrics)
+    stats(inputs, ctx, metrics, kwargs) -> pytree of SumCount   (optional; per mini-batch)
+    zero_stats(kwargs) -> the same pytree, all zeros         (required with ``stats``)
+    update_from_stats(slot, stats, kwargs) -> (slot, info)  (optional; once per train step)
+
+A stateful component's controller input (a measured entropy, a KL, …) is a :class:`SumCount`
+``(sum, count)``: a caller adds the statistics of several mini-batches elementwise and the
+component's ``update_from_stats`` reads ``sum / count``, so the update sees the statistic of the
+whole batch, however it was split. ``stats`` receives the metrics its ``fn`` just returned (so
+nothing is computed twice). Statistics are global over ``ctx.axis_name``.
 
 ``ctx`` (:class:`ComponentContext`) carries the objective's ``loss_agg_mode``,
 ``loss_scale_factor``, ``axis_name`` and the component's own state slot. The built-in
@@ -24,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 __all__ = [
+    "SumCount",
     "ComponentContext",
     "ComponentSpec",
     "KINDS",
@@ -46,6 +56,38 @@ INPUT_FIELDS = (
     "step",
     "group_ids",
 )
+
+
+class SumCount(NamedTuple):
+    """A typed additive statistic: ``sum`` and ``count`` (float32 arrays of equal shape).
+
+    Two mini-batches' statistics combine by elementwise addition (``jax.tree.map(jnp.add, a,
+    b)``); :meth:`mean` is ``sum / count`` (0 where ``count == 0``).
+    """
+
+    sum: Any
+    count: Any
+
+    def mean(self):
+        import jax.numpy as jnp
+
+        s, c = jnp.asarray(self.sum), jnp.asarray(self.count)
+        return jnp.where(c > 0, s / jnp.where(c > 0, c, 1), jnp.zeros_like(s))
+
+    @classmethod
+    def from_mean(cls, mean, count) -> SumCount:
+        """``(mean·count, count)`` as float32 (``count`` 0 gives ``(0, 0)``)."""
+        import jax.numpy as jnp
+
+        c = jnp.asarray(count, jnp.float32)
+        m = jnp.asarray(mean, jnp.float32)
+        return cls(jnp.where(c > 0, m * c, 0.0), c)
+
+    @classmethod
+    def zeros(cls, shape=()) -> SumCount:
+        import jax.numpy as jnp
+
+        return cls(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
 class ComponentContext(NamedTuple):
@@ -75,10 +117,18 @@ class ComponentSpec:
     fn: Callable
     accepts: frozenset | None  # allowed kwargs; None = anything (fn takes **kwargs)
     required: frozenset = frozenset()
-    needs: tuple = ()
+    needs: tuple | Callable = ()  # or needs(kwargs) -> tuple, resolved per configuration
     init_state: Callable | None = None
     update_state: Callable | None = None
     validate: Callable | None = None  # validate(kwargs) at build time; raises ValueError
+    stats: Callable | None = None
+    zero_stats: Callable | None = None
+    update_from_stats: Callable | None = None
+
+    def needs_for(self, kwargs: dict) -> tuple:
+        """The inputs this component reads with ``kwargs``. An entry ``"a|b"`` means either
+        (the first is the one a trainer normally supplies)."""
+        return tuple(self.needs(dict(kwargs)) if callable(self.needs) else self.needs)
 
     def check_kwargs(self, kwargs: dict) -> None:
         """Raise ``ValueError`` for unknown or missing keyword arguments (and bad values)."""
@@ -114,14 +164,39 @@ def kwargs_of(fn: Callable, exclude: Iterable[str] = ()) -> tuple[frozenset, fro
     return frozenset(accepts), frozenset(required)
 
 
-def _register(kind, name, fn, *, accepts, needs, init_state, update_state, validate, required):
+def _check_need_names(kind, name, needs):
+    alts = [a for n in needs for a in n.split("|")]
+    bad = [n for n in alts if n not in INPUT_FIELDS and not n.startswith("extras.")]
+    if bad:
+        raise ValueError(f"{kind} {name!r}: needs {bad} not in {INPUT_FIELDS} or 'extras.<name>'")
+
+
+def _register(
+    kind,
+    name,
+    fn,
+    *,
+    accepts,
+    needs,
+    init_state,
+    update_state,
+    validate,
+    required,
+    stats=None,
+    zero_stats=None,
+    update_from_stats=None,
+):
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
     if name in _REGISTRY[kind]:
         raise ValueError(f"{kind} {name!r} is already registered")
-    bad = [n for n in needs if n not in INPUT_FIELDS and not n.startswith("extras.")]
-    if bad:
-        raise ValueError(f"{kind} {name!r}: needs {bad} not in {INPUT_FIELDS} or 'extras.<name>'")
+    if not callable(needs):
+        needs = tuple(needs)
+        _check_need_names(kind, name, needs)
+    if (stats is None) != (zero_stats is None):
+        raise ValueError(f"{kind} {name!r}: `stats` and `zero_stats` go together")
+    if update_from_stats is not None and init_state is None:
+        raise ValueError(f"{kind} {name!r}: `update_from_stats` needs `init_state`")
     if accepts is None:
         params = list(inspect.signature(fn).parameters.values())
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
@@ -138,10 +213,13 @@ def _register(kind, name, fn, *, accepts, needs, init_state, update_state, valid
         fn=fn,
         accepts=acc,
         required=req,
-        needs=tuple(needs),
+        needs=needs,
         init_state=init_state,
         update_state=update_state,
         validate=validate,
+        stats=stats,
+        zero_stats=zero_stats,
+        update_from_stats=update_from_stats,
     )
     return fn
 
@@ -153,18 +231,24 @@ def _decorator(kind):
         *,
         accepts: Iterable[str] | None = None,
         required: Iterable[str] | None = None,
-        needs: Iterable[str] = (),
+        needs: Iterable[str] | Callable = (),
         init_state: Callable | None = None,
         update_state: Callable | None = None,
         validate: Callable | None = None,
+        stats: Callable | None = None,
+        zero_stats: Callable | None = None,
+        update_from_stats: Callable | None = None,
     ):
         kw = dict(
             accepts=accepts,
             required=required,
-            needs=tuple(needs),
+            needs=needs if callable(needs) else tuple(needs),
             init_state=init_state,
             update_state=update_state,
             validate=validate,
+            stats=stats,
+            zero_stats=zero_stats,
+            update_from_stats=update_from_stats,
         )
         if fn is not None:
             return _register(kind, name, fn, **kw)

@@ -482,3 +482,167 @@ def test_siren_anchor_is_set_once_then_frozen():
     )
     st2, _ = obj.update_state(st1, m2)
     np.testing.assert_allclose(st2["regularizers"]["siren"]["anchor"], a1)
+
+
+# ----------------------------------------------------------------------------- stats API
+_STATS_CFG = ObjectiveConfig(
+    kl_coef=0.1,
+    kl_controller="adaptive",
+    kl_target=0.05,
+    kl_horizon=40.0,
+    regularizers=(
+        ("adaptive_entropy", {"target": 1.0, "init_coef": 5e-3, "delta": 1e-3, "gate": False}),
+        ("siren", {"coef": 0.5, "top_k": 8}),
+        ("ares_kl", {"kl_coef": 0.01, "update_every": 1}),
+    ),
+    diagnostics=False,
+)
+
+
+def _np_k3(lp, ref):
+    d = np.clip(ref - lp, -20, 20)
+    return np.clip(np.exp(d) - d - 1, -10, 10)
+
+
+def test_stats_two_minibatches_then_one_update_under_jit():
+    """Stats of 2 mini-batches added in a lax.scan, then one update, equal the documented
+    whole-batch semantics (NumPy float64 for the KL controller and the adaptive entropy)."""
+    from entropylab.losses.ares import ares_kl_init, ares_kl_update
+    from entropylab.losses.siren import siren_anchor
+
+    inp = _inputs(20)
+    obj = build_objective(_STATS_CFG)
+    st0 = obj.init_state()
+    per_row = dataclasses.replace(
+        inp, key=None, step=None, group_ids=None, extras={"difficulty": inp.extras["difficulty"]}
+    )
+    halves = jax.tree.map(lambda x: x.reshape(2, B // 2, *x.shape[1:]), per_row)
+    zero = obj.zero_stats()
+
+    @jax.jit
+    def run(st, hs):
+        def body(acc, mb):
+            _, _, s = obj.loss_and_stats(mb, st)
+            return obj.add_stats(acc, s), None
+
+        acc, _ = jax.lax.scan(body, obj.zero_stats(), hs)
+        return acc, obj.update_state_from_stats(st, acc)
+
+    acc, (st1, info) = run(st0, halves)
+    # the carry has zero_stats' exact structure, shapes and dtypes
+    assert jax.tree.structure(acc) == jax.tree.structure(zero)
+    for a, z in zip(jax.tree.leaves(acc), jax.tree.leaves(zero)):
+        assert a.shape == z.shape and a.dtype == z.dtype == jnp.float32
+
+    f = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    lp, ref, h, m = f(inp.logp), f(inp.ref_logp), f(inp.entropy), np.asarray(inp.mask, bool)
+    # adaptive entropy: one step on the token mean over all 16 rows (target above → +delta)
+    h_all = h[m].mean()
+    np.testing.assert_allclose(info["entropy/adaptive_measured"], h_all, rtol=1e-6)
+    np.testing.assert_allclose(acc["regularizers"]["adaptive_entropy"]["entropy"].count, m.sum())
+    c1 = float(st1["regularizers"]["adaptive_entropy"].coef)
+    np.testing.assert_allclose(c1, 5e-3 + 1e-3 * np.sign(1.0 - h_all), rtol=1e-6)
+    # adaptive KL: current_kl = mean over ALL sequences of the per-sequence mean k3; n = 16
+    k3 = _np_k3(lp, ref)
+    seq = np.array([k3[i][m[i]].mean() if m[i].any() else 0.0 for i in range(B)])
+    err = np.clip(seq.mean() / 0.05 - 1.0, -0.2, 0.2)
+    np.testing.assert_allclose(info["kl/current"], seq.mean(), rtol=1e-5)
+    np.testing.assert_allclose(st1["kl"], 0.1 * (1 + err * B / 40.0), rtol=1e-6)
+    # ARES: one controller call on each bucket's token-mean KL over the whole batch
+    b = np.asarray(inp.extras["difficulty"])
+    sel = [m & (b == d)[:, None] for d in range(3)]
+    kl_b = np.array([k3[s].mean() if s.any() else 0.0 for s in sel])
+    want = ares_kl_update(
+        ares_kl_init(target_kl=0.01), kl_b, [s.any() for s in sel], update_every=1
+    )
+    np.testing.assert_allclose(st1["regularizers"]["ares_kl"].beta, want.beta, rtol=1e-5)
+    # SIREN: the anchor is the row-weighted mean of the two mini-batches' candidates
+    from entropylab.losses.siren import top_p_entropy
+
+    ep = top_p_entropy(inp.logits, top_k=8)
+    rows = [m[:8].any(1).sum(), m[8:].any(1).sum()]
+    cand = [float(siren_anchor(ep[s], inp.mask[s])) for s in (slice(0, 8), slice(8, 16))]
+    want_anchor = (rows[0] * cand[0] + rows[1] * cand[1]) / sum(rows)
+    np.testing.assert_allclose(st1["regularizers"]["siren"]["anchor"], want_anchor, rtol=1e-5)
+    assert bool(st1["regularizers"]["siren"]["initialized"])
+    # a second update from fresh stats leaves the SIREN anchor frozen
+    st2, _ = obj.update_state_from_stats(st1, acc)
+    np.testing.assert_allclose(st2["regularizers"]["siren"]["anchor"], want_anchor, rtol=1e-5)
+
+
+def test_update_from_zero_stats_keeps_state():
+    obj = build_objective(_STATS_CFG)
+    st0 = obj.init_state()
+    st1, _ = obj.update_state_from_stats(st0, obj.zero_stats())
+    for a, b in zip(jax.tree.leaves(st0), jax.tree.leaves(st1)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stats_of_stateless_objective_is_empty_and_legacy_hook_raises():
+    obj = build_objective(ObjectiveConfig(kl_coef=0.1))
+    assert obj.zero_stats() == {} and obj.init_state() == {}
+    assert obj.update_state_from_stats({}, {}) == ({}, {})
+
+    @register_regularizer(
+        "test_legacy_state",
+        init_state=lambda kw: jnp.zeros(()),
+        update_state=lambda slot, met, kw: (slot + 1, {}),
+    )
+    def legacy(inputs, ctx):
+        return jnp.zeros(()), {}
+
+    obj = build_objective(ObjectiveConfig(regularizers=("test_legacy_state",)))
+    with pytest.raises(ValueError, match="test_legacy_state.*update_from_stats"):
+        obj.update_state_from_stats(obj.init_state(), obj.zero_stats())
+    with pytest.raises(ValueError, match="`stats` and `zero_stats` go together"):
+        register_regularizer("test_half_stats", lambda i, c: (0.0, {}), stats=lambda *a: {})
+
+
+def test_needs_and_needs_logits():
+    base = {"logp", "old_logp", "advantages", "mask"}
+    need = lambda **kw: build_objective(ObjectiveConfig(**kw)).needs  # noqa: E731
+    assert need() == base
+    assert need(kl_coef=0.1) == base | {"ref_logp"}
+    assert need(policy_loss="forking") == base | {"entropy"}
+    assert need(policy_loss="forking", policy_kwargs={"entropy_source": "old"}) == base | {
+        "old_entropy"
+    }
+    assert need(policy_loss="steer") == base | {"old_entropy"}
+    assert need(policy_loss="aepo") == base | {
+        "extras.temp_logp",
+        "extras.temp_rewards",
+        "extras.temp_mask",
+    }
+    assert need(regularizers=(("entropy_bonus", {"schedule": "linear"}),)) == base | {
+        "entropy",
+        "step",
+    }
+    assert need(advantage_shapers=("hicra",)) == base | {"old_entropy"}
+    sir = build_objective(ObjectiveConfig(regularizers=("siren",)))
+    assert sir.needs == base | {"logits"} and sir.needs_logits
+    assert not build_objective(ObjectiveConfig(policy_loss="forking")).needs_logits
+
+
+def test_diagnostics_once_and_loss_without_them():
+    inp = _inputs(21)
+    obj = build_objective(ObjectiveConfig(kl_coef=0.1, advantage_shapers=("agentic_aepo",)))
+
+    @jax.jit
+    def both(i):
+        return obj.loss(i, {}), obj.loss(i, {}, diagnostics=False), obj.diagnostics(i)
+
+    (l1, m1), (l2, m2), diag = both(inp)
+    np.testing.assert_allclose(l1, l2, rtol=0)
+    assert not any(k.startswith(("cov/", "entropy/")) for k in m2), sorted(m2)
+    for k in ("cov/mean", "cov/p95", "cov/top_mean", "entropy/mean", "entropy/p95", "kl/k3"):
+        np.testing.assert_allclose(diag[k], m1[k], rtol=1e-6, err_msg=k)
+    # predicted entropy change (natural PG, η = 1) = −Cov(log π, Ã) on the shaped advantages
+    np.testing.assert_allclose(diag["cov/predicted_dH"], -diag["cov/mean"], rtol=1e-6)
+    # independent check of cov/mean against NumPy on the shaped advantages
+    m = np.asarray(inp.mask, bool)
+    h = np.asarray(inp.entropy, np.float64)
+    z = (h - h[m].mean()) / h[m].std(ddof=1)
+    adv = np.asarray(inp.advantages, np.float64) * (1 + 0.2 * np.where(m, z, 0.0))
+    lp = np.asarray(inp.logp, np.float64)
+    cov = (lp[m] - lp[m].mean()) * (adv[m] - adv[m].mean())
+    np.testing.assert_allclose(diag["cov/mean"], cov.mean(), rtol=1e-4)
