@@ -7,14 +7,33 @@
    not differentiable; the renormalised probabilities are.
 2. **Peak-entropy mask** (state space, :func:`peak_entropy_mask`): ``M_t = 1[H^p_t >
    Q_q(H^p_{i,·})]`` with the q = 0.8 quantile taken **per response** over its valid positions.
-3. **Self-anchored regulariser**: ``H_sel = agg_{seq-mean-token-mean}(H^p ⊙ M)`` and
+3. **Self-anchored regulariser**: ``H_sel`` aggregates ``H^p`` with the **peak mask M as the
+   loss mask** (released ``dp_actor.py``: ``agg_loss(loss_mat=entropy, loss_mask=value_mask,
+   loss_agg_mode=entropy_agg_mode)``). With the default ``seq-mean-token-mean``::
+
+       H_sel = (1/B) Σ_i  [Σ_t M_it H^p_it / Σ_t M_it]        (a row with Σ_t M_it = 0 counts 0)
+
+   i.e. per response the mean over its *selected* tokens, then the mean over the responses
+   (B = rows with at least one valid token; the release has no empty rows). The loss is
    ``L = L_PG + c·(H_sel − sg(H_anchor))²``, where ``H_anchor`` is the same statistic on the
    rollout (old-policy) entropies at training step 1 (:func:`siren_anchor`), then frozen.
    The naive ablation ``−c·H_sel`` (``abla_wo_anchor``) is ``form="naive"``.
 
-Defaults (``exp_scripts/siren.sh``): c = 0.005, p = 0.8, K = 10000, q = 0.8,
-``entropy_agg_mode = seq-mean-token-mean``; PG side Dr.GRPO-like: symmetric ε = 0.28,
-``loss_agg_mode = seq-mean-token-sum-norm`` (no dual clip is recorded in the reference).
+Defaults reproduce the released run: c = 0.005, p = 0.8, K = 10000, q = 0.8,
+``entropy_agg_mode = seq-mean-token-mean``; PG side Dr.GRPO-like with
+``loss_agg_mode = seq-mean-token-sum-norm`` and **ε 0.2/0.2 with dual clip c = 3**:
+``exp_scripts/siren.sh`` passes ``clip_ratio=0.28``, but the bundled verl's
+``ppo_trainer.yaml`` sets ``clip_ratio_low/high = 0.2`` and ``clip_ratio_c = 3.0``, which take
+precedence in ``dp_actor.py``. The script's 0.28 is ``clip_ratio_low=clip_ratio_high=0.28``.
+
+Released code checked against: ``Linn3a/siren`` @ fa59a8d (2025-12-10):
+``verl/verl/workers/actor/dp_actor.py`` (``efficient_top_p_sampling``, ``mask_by_quantile``,
+the ``siren`` branch of ``update_policy``), ``verl/verl/trainer/ppo/core_algos.py``
+(``agg_loss``, ``compute_policy_loss``), ``verl/verl/trainer/ppo/ray_trainer.py`` (anchor at
+``global_steps == 1``), ``verl/verl/trainer/config/ppo_trainer.yaml`` (clip), and
+``exp_scripts/siren.sh``. The release applies ``mask_by_quantile`` twice (once when
+``use_siren`` and again in the ``siren`` branch, on the already-masked entropy); for
+non-negative entropies the second pass selects the same tokens, so it is applied once here.
 
 Choices where paper and code may differ: the nucleus probabilities are the full-vocabulary
 softmax (the paper's π; ``normalize_over="top_k"`` renormalises over the top-K logits first,
@@ -22,8 +41,7 @@ as a top-k-then-top-p sampler does); the code's ``+1e-12`` inside the log is rep
 exact log-softmax over the nucleus; the peak mask is ANDed with the response mask (the code
 relies on padded entropies being 0).
 
-References: arXiv:2509.25133 (Liu et al., SIREN); code ``Linn3a/siren``
-(``dp_actor.py``, ``torch_functional.py``).
+References: arXiv:2509.25133 (Liu et al., SIREN); code ``Linn3a/siren`` @ fa59a8d.
 """
 
 from __future__ import annotations
@@ -66,7 +84,9 @@ def top_p_entropy(
       ``[...]`` entropy in nats; 0 where the nucleus is empty. Differentiable in the logits
       (through the renormalised probabilities). ``-inf`` logits are never in the nucleus.
 
-    References: arXiv:2509.25133 (top-p entropy, §7.1 of the reference sheet).
+    References: arXiv:2509.25133; checked against ``efficient_top_p_sampling`` in
+    ``Linn3a/siren`` @ fa59a8d ``verl/verl/workers/actor/dp_actor.py`` (nucleus = the top-K
+    positions before the first cumulative probability ≥ p; full-vocabulary softmax).
     """
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
@@ -100,6 +120,10 @@ def peak_entropy_mask(entropy, mask, *, quantile: float = 0.8) -> jax.Array:
 
     ``Q_q`` is NumPy's linear quantile over each sequence's valid positions (torch
     ``nanquantile``); rows without valid tokens select nothing. No gradient.
+
+    Checked against ``mask_by_quantile(x, response_mask, 1, q)`` in ``Linn3a/siren`` @ fa59a8d
+    ``verl/verl/workers/actor/dp_actor.py`` (which does not AND with the response mask and
+    relies on padded entropies being 0).
     """
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
@@ -110,9 +134,23 @@ def peak_entropy_mask(entropy, mask, *, quantile: float = 0.8) -> jax.Array:
 
 
 def _h_sel(entropy_p, valid, mask_quantile, entropy_agg_mode, axis_name):
+    """``agg(H^p, loss_mask=M)`` as SIREN's bundled verl ``agg_loss`` computes it (fa59a8d).
+
+    ``token-mean``: Σ M H / Σ M. ``seq-mean-token-mean``: per row Σ_t M H / Σ_t M (0 when the
+    row selects nothing), mean over rows. ``seq-mean-token-sum``: mean over rows of Σ_t M H.
+    ``seq-mean-token-sum-norm``: Σ M H / (B·T). The row means run over the rows with at least
+    one *valid* token (global with ``axis_name``); the bundled verl divides by the micro-batch
+    size, which is the same when no row is empty.
+    """
     sel = peak_entropy_mask(entropy_p, valid, quantile=mask_quantile)
-    h = aggregate(jnp.where(sel, entropy_p, 0.0), valid, entropy_agg_mode, axis_name=axis_name)
-    return h, sel
+    x = jnp.where(sel, entropy_p, 0.0)
+    if entropy_agg_mode in ("token-mean", "seq-mean-token-sum-norm"):
+        return aggregate(x, sel, entropy_agg_mode, axis_name=axis_name), sel
+    row_sum = jnp.sum(x, axis=-1)
+    if entropy_agg_mode == "seq-mean-token-mean":
+        n_sel = jnp.sum(sel, axis=-1).astype(row_sum.dtype)
+        row_sum = jnp.where(n_sel > 0, row_sum / jnp.maximum(n_sel, 1.0), 0.0)
+    return masked_mean(row_sum, jnp.any(valid, axis=-1), axis_name=axis_name), sel
 
 
 def siren_anchor(
@@ -126,7 +164,8 @@ def siren_anchor(
     """``H_anchor``: ``H_sel`` of the step-1 rollout (old-policy top-p entropies), stop-gradient.
 
     Compute once at the first training step and keep it (checkpoint it: the released code
-    loses it on resume).
+    loses it on resume). Same aggregation as the regulariser (peak mask as the loss mask),
+    as ``ray_trainer.py`` of ``Linn3a/siren`` @ fa59a8d does at ``global_steps == 1``.
     """
     valid = _valid(mask)
     h, _ = _h_sel(entropy_p, valid, mask_quantile, entropy_agg_mode, axis_name)
@@ -150,6 +189,10 @@ def siren_regularizer(
     :func:`top_p_entropy`); the peak mask is computed on its detached value. Metrics:
     ``entropy/siren_sel`` (H_sel), ``entropy/siren_mse`` ((H_sel − H_anchor)²),
     ``entropy/siren_anchor``, ``entropy/siren_coef``, ``entropy/siren_sel_frac``.
+
+    ``H_sel`` uses the peak mask as the loss mask (module docstring); checked against the
+    ``siren`` / ``abla_wo_anchor`` branches of ``update_policy`` in ``Linn3a/siren`` @ fa59a8d
+    ``verl/verl/workers/actor/dp_actor.py``.
     """
     if form not in ("anchored", "naive"):
         raise ValueError(f"form must be 'anchored' or 'naive', got {form!r}")
@@ -185,9 +228,9 @@ def siren_loss(
     mask_quantile: float = 0.8,
     entropy_agg_mode: str = "seq-mean-token-mean",
     form: str = "anchored",
-    clip_ratio_low: float = 0.28,
-    clip_ratio_high: float | None = 0.28,
-    clip_ratio_c: float | None = None,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float | None = 0.2,
+    clip_ratio_c: float | None = 3.0,
     log_ratio_clamp: float = 20.0,
     loss_agg_mode: str = "seq-mean-token-sum-norm",
     loss_scale_factor: float | None = None,
@@ -196,11 +239,15 @@ def siren_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SIREN total loss ``L_PG + c·(H_sel − sg(H_anchor))²`` (see the module docstring).
 
-    ``L_PG`` is :func:`entropylab.losses.ppo_clip_loss` (defaults: ε 0.28/0.28,
-    ``seq-mean-token-sum-norm``). Returns the PG metrics (``pg/*``) and the regulariser's
-    (``entropy/siren_*``) plus ``entropy/siren_loss``. ``key`` is unused.
+    ``L_PG`` is :func:`entropylab.losses.ppo_clip_loss` with the released run's settings:
+    ε 0.2/0.2, dual clip c = 3, ``seq-mean-token-sum-norm`` (pass ``clip_ratio_low=0.28,
+    clip_ratio_high=0.28`` for the script's value that the yaml overrides). Returns the PG
+    metrics (``pg/*``) and the regulariser's (``entropy/siren_*``) plus ``entropy/siren_loss``.
+    ``key`` is unused.
 
-    References: arXiv:2509.25133.
+    References: arXiv:2509.25133; released code ``Linn3a/siren`` @ fa59a8d
+    (``dp_actor.py`` ``update_policy``, ``core_algos.py`` ``compute_policy_loss``,
+    ``ppo_trainer.yaml``).
     """
     del key
     pg, metrics = ppo_clip_loss(
