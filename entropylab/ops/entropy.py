@@ -14,9 +14,17 @@ import jax.numpy as jnp
 
 
 def _scaled_f32(logits, temperature):
-    if isinstance(temperature, (int, float)) and temperature <= 0:
+    if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = jnp.asarray(logits).astype(jnp.promote_types(jnp.asarray(logits).dtype, jnp.float32))
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(
+            f"logits must be floating point, got dtype {logits.dtype} (integer token ids are not "
+            "logits; cast explicitly if you mean them as scores)"
+        )
+    if logits.ndim < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a vocabulary axis of size >= 1, got {logits.shape}")
+    z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     # Divide *after* the float32 upcast (bf16 division inflates the rollout/trainer log-prob gap).
     return z / jnp.asarray(temperature, z.dtype)
 
@@ -73,11 +81,15 @@ def logprobs_and_entropy(logits, labels, *, temperature=1.0) -> tuple[jax.Array,
     log π(y) = z_y − logsumexp(z),  H = logsumexp(z) − Σ_v p_v z_v,  z = logits / T.
 
     Args:
-      logits: ``[..., V]``; labels: int ``[...]`` in [0, V).
+      logits: ``[..., V]`` floating point (integer dtypes raise ``TypeError``);
+      labels: int ``[...]`` in [0, V).
       temperature: T > 0.
     Returns:
       ``(logp [...], entropy [...])`` in float32 (or wider). A label whose logit is ``-inf`` gets
-      log-prob ``-inf`` (it has probability 0).
+      log-prob ``-inf`` (it has probability 0). A label outside ``[0, V)`` (negative included)
+      gets a NaN log-prob, exactly as :func:`~entropylab.ops.fused_logprobs_and_entropy` does
+      (no wrap-around of negative ids, no clamping); its entropy is still valid. Labels are not
+      checked on the host (they are usually traced), so an out-of-range id shows up as NaN.
 
     References: verl ``logprobs_from_logits`` / ``entropy_from_logits``.
     """
@@ -91,8 +103,11 @@ def logprobs_and_entropy(logits, labels, *, temperature=1.0) -> tuple[jax.Array,
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     z = _scaled_f32(logits, _expand_t(temperature))
     lse, mu = _row_stats(z)
-    z_y = jnp.take_along_axis(z, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return z_y - lse, lse - mu
+    v = z.shape[-1]
+    y = labels.astype(jnp.int32)
+    ok = (y >= 0) & (y < v)
+    z_y = jnp.take_along_axis(z, jnp.where(ok, y, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(ok, z_y - lse, jnp.nan), lse - mu
 
 
 def logprobs(logits, labels, *, temperature=1.0) -> jax.Array:

@@ -6,6 +6,16 @@ statistic is taken over the *global* batch: the answer equals one device holding
 concatenated batch.
 
 Shapes: ``values`` and ``mask`` broadcast together; per-token arrays are ``[B, T]``.
+
+**Masks are weights, as in verl.** A bool mask selects; a numeric mask ``w ≥ 0`` weights each
+entry: ``masked_sum = Σ w·x``, ``masked_mean = Σ w·x / Σ w``, ``masked_var = Σ w(x − x̄)² /
+(Σ w − 1)`` (unbiased, verl's Bessel factor Σw/(Σw − 1)) and :func:`aggregate` uses the same
+sums (verl ``masked_mean`` / ``agg_loss`` multiply by the mask). For 0/1 masks that is plain
+selection. Entries with ``w == 0`` are *selected out* (a NaN or inf there does not leak into the
+value or the gradient). A NaN weight propagates (NaN result). :func:`masked_count`,
+:func:`masked_quantile` and the selection in :func:`masked_whiten`'s output use ``w != 0``.
+Concrete (non-traced) masks are checked: a negative or non-finite weight raises ``ValueError``;
+under ``jit`` the values cannot be checked, so pass weights ≥ 0.
 """
 
 from __future__ import annotations
@@ -18,6 +28,29 @@ AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mea
 
 def _psum(x, axis_name):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _check_weights(mask) -> None:
+    """Reject negative / non-finite weights when the mask is concrete (not traced)."""
+    if isinstance(mask, jax.core.Tracer) or mask.dtype == jnp.bool_:
+        return
+    import numpy as np
+
+    host = np.asarray(mask)
+    if host.size and (not np.all(np.isfinite(host)) or np.any(host < 0)):
+        raise ValueError(
+            "mask must hold finite weights >= 0 (bool or 0/1 to select), got values in "
+            f"[{np.nanmin(host)}, {np.nanmax(host)}]" + (" and NaN" if np.isnan(host).any() else "")
+        )
+
+
+def _weights(mask, like) -> jax.Array:
+    """``mask`` as weights in ``like``'s float dtype (bool -> 0/1), broadcast to its shape."""
+    mask = jnp.asarray(mask)
+    _check_weights(mask)
+    like = jnp.asarray(like)
+    dt = like.dtype if jnp.issubdtype(like.dtype, jnp.floating) else jnp.float32
+    return jnp.broadcast_to(mask.astype(dt), like.shape)
 
 
 def _as_mask(mask, like) -> jax.Array:
@@ -34,14 +67,25 @@ def _safe_div(num, den):
 
 
 def masked_sum(values, mask, axis=None, *, axis_name=None) -> jax.Array:
-    """Σ m·x over ``axis`` (and over devices when ``axis_name`` is given).
+    """Σ w·x over ``axis`` (and over devices when ``axis_name`` is given); w = mask weights.
 
-    Masked entries are *selected out* (``where``), so a NaN or inf under a zero mask does not leak
-    into the sum or its gradient.
+    Entries with w = 0 are *selected out* (``where``), so a NaN or inf under a zero mask does not
+    leak into the sum or its gradient.
     """
     values = jnp.asarray(values)
-    m = _as_mask(mask, values)
-    return _psum(jnp.sum(jnp.where(m, values, 0), axis=axis), axis_name)
+    mask = jnp.asarray(mask)
+    if mask.dtype == jnp.bool_:
+        m = jnp.broadcast_to(mask, values.shape)
+        return _psum(jnp.sum(jnp.where(m, values, 0), axis=axis), axis_name)
+    w = _weights(mask, values)
+    return _psum(jnp.sum(jnp.where(w != 0, values * w, 0), axis=axis), axis_name)
+
+
+def masked_weight(mask, axis=None, *, axis_name=None, dtype=jnp.float32) -> jax.Array:
+    """Σ w over ``axis`` (global over ``axis_name``): the denominator of :func:`masked_mean`."""
+    mask = jnp.asarray(mask)
+    _check_weights(mask)
+    return _psum(jnp.sum(mask.astype(dtype), axis=axis), axis_name)
 
 
 def masked_count(mask, axis=None, *, axis_name=None, dtype=jnp.float32) -> jax.Array:
@@ -50,28 +94,29 @@ def masked_count(mask, axis=None, *, axis_name=None, dtype=jnp.float32) -> jax.A
 
 
 def masked_mean(values, mask, axis=None, *, axis_name=None) -> jax.Array:
-    """Σ m·x / Σ m, defined as 0 where Σ m = 0."""
+    """Σ w·x / Σ w (w = mask weights; 0/1 for bool), defined as 0 where Σ w = 0."""
     values = jnp.asarray(values)
-    m = _as_mask(mask, values)
-    num = masked_sum(values, m, axis, axis_name=axis_name)
-    den = masked_count(m, axis, axis_name=axis_name, dtype=num.dtype)
+    mask = jnp.broadcast_to(jnp.asarray(mask), values.shape)
+    num = masked_sum(values, mask, axis, axis_name=axis_name)
+    den = masked_weight(mask, axis, axis_name=axis_name, dtype=num.dtype)
     return _safe_div(num, den)
 
 
 def masked_var(values, mask, axis=None, *, unbiased=True, axis_name=None) -> jax.Array:
-    """Masked variance Σ m(x − x̄)² / (n − 1) (``unbiased``, verl's default) or / n.
+    """Masked variance Σ w(x − x̄)² / (n − 1) (``unbiased``, verl's default) or / n, n = Σ w.
 
-    Returns 0 when fewer than two (unbiased) or zero elements are selected.
+    Returns 0 when n ≤ 1 (unbiased) or n = 0.
     """
     values = jnp.asarray(values)
-    m = _as_mask(mask, values)
-    mean = masked_mean(values, m, axis, axis_name=axis_name)
+    w = jnp.broadcast_to(jnp.asarray(mask), values.shape)
+    m = _as_mask(w, values)
+    mean = masked_mean(values, w, axis, axis_name=axis_name)
     if axis is not None:
         mean = jnp.expand_dims(mean, axis)
     # Select *before* squaring: a NaN/inf under a zero mask must not reach the gradient
     # (0 · ∂(x − x̄)² = 0 · NaN otherwise).
-    sq = masked_sum(jnp.square(jnp.where(m, values - mean, 0)), m, axis, axis_name=axis_name)
-    n = masked_count(m, axis, axis_name=axis_name, dtype=sq.dtype)
+    sq = masked_sum(jnp.square(jnp.where(m, values - mean, 0)), w, axis, axis_name=axis_name)
+    n = masked_weight(w, axis, axis_name=axis_name, dtype=sq.dtype)
     den = jnp.where(n > 1, n - 1, 0) if unbiased else n
     return _safe_div(sq, den)
 
@@ -83,9 +128,10 @@ def masked_whiten(values, mask, *, shift_mean=True, eps=1e-8, axis_name=None) ->
     returned as 0.
     """
     values = jnp.asarray(values)
-    m = _as_mask(mask, values)
-    mean = masked_mean(values, m, axis_name=axis_name)
-    var = masked_var(values, m, axis_name=axis_name)
+    w = jnp.broadcast_to(jnp.asarray(mask), values.shape)
+    m = _as_mask(w, values)
+    mean = masked_mean(values, w, axis_name=axis_name)
+    var = masked_var(values, w, axis_name=axis_name)
     out = jnp.where(m, values - mean, 0) * jax.lax.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -146,7 +192,8 @@ def aggregate(
     ``seq-mean-token-sum-norm``  Σ_{i,t} m ℓ / (B · loss_scale_factor)           (Dr. GRPO)
     ===========================  ==========================================================
 
-    ``n_i = Σ_t m_{i,t}``. Sequences with no valid token are excluded from the sequence means
+    ``n_i = Σ_t m_{i,t}`` (m = mask weights, as verl multiplies by the mask). Sequences with
+    no valid token are excluded from the sequence means
     (current verl, ``seq_mask = n_i > 0``). ``loss_scale_factor`` defaults to the padded length T
     (verl's default, the constant normaliser of Dr. GRPO). With ``axis_name`` every sum and count
     is global, so the result equals the one-device result on the concatenated batch. An
@@ -157,11 +204,11 @@ def aggregate(
     values = jnp.asarray(values)
     if values.ndim != 2:
         raise ValueError(f"aggregate expects per-token values [B, T], got shape {values.shape}")
-    m = _as_mask(mask, values)
+    w = _weights(mask, values)
     if mode == "token-mean":
-        return masked_mean(values, m, axis_name=axis_name)
-    seq_sum = jnp.sum(jnp.where(m, values, 0), axis=-1)
-    n_i = jnp.sum(m, axis=-1).astype(seq_sum.dtype)
+        return masked_mean(values, w, axis_name=axis_name)
+    seq_sum = jnp.sum(jnp.where(w != 0, values * w, 0), axis=-1)
+    n_i = jnp.sum(w, axis=-1).astype(seq_sum.dtype)
     seq_valid = n_i > 0
     if mode == "seq-mean-token-sum":
         return masked_mean(seq_sum, seq_valid, axis_name=axis_name)
