@@ -1,0 +1,72 @@
+"""Command line of a study: ``run [--shard i/n]``, ``plan``, ``status``, ``analyse``.
+
+A study script ends with ``raise SystemExit(main(SPEC, job_fn, default_out="runs/<name>"))``::
+
+    python -m experiments.<study>.run plan                  # predicted wall time per shard
+    python -m experiments.<study>.run run --shard 1/3       # one ≤ 20-minute shard (resumes)
+    python -m experiments.<study>.run status                # jobs done / to do
+    python -m experiments.<study>.run analyse --readme experiments/<study>/README.md --compress
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from entropylab.study.analyse import analyse
+from entropylab.study.metrics import compress_logs
+from entropylab.study.runner import Runner, format_plan, parse_shard
+
+
+def build_parser(prog: str | None = None, default_out: str | None = None):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "plan", "status", "analyse"):
+        s = sub.add_parser(name)
+        s.add_argument("--out", default=default_out, required=default_out is None)
+        s.add_argument(
+            "--allow-other-commit",
+            action="store_true",
+            help="accept shards of another git commit whose code version is identical",
+        )
+        if name == "run":
+            s.add_argument("--shard", default="1/1", type=parse_shard, help="i/n, 1-based")
+            s.add_argument("--no-resume", action="store_true")
+            s.add_argument("--quiet", action="store_true")
+        if name == "plan":
+            s.add_argument("--calibration-steps", type=int, default=3)
+            s.add_argument("--shards", type=int, default=None)
+            s.add_argument("--budget-min", type=float, default=20.0)
+        if name == "analyse":
+            s.add_argument("--readme", default=None, help="README whose results block to update")
+            s.add_argument("--no-plots", action="store_true")
+            s.add_argument("--compress", action="store_true", help="gzip the JSONL logs first")
+    return p
+
+
+def main(spec, job_fn, argv=None, *, default_out: str | None = None, prog=None) -> int:
+    args = build_parser(prog, default_out).parse_args(argv)
+    runner = Runner(spec, job_fn, Path(args.out), allow_other_commit=args.allow_other_commit)
+    if args.cmd == "run":
+        ran = runner.run(shard=args.shard, resume=not args.no_resume, progress=not args.quiet)
+        st = runner.status()
+        print(f"ran {len(ran)} job(s); {len(st['done'])} done, {len(st['todo'])} to do")
+    elif args.cmd == "plan":
+        plan = runner.plan(
+            calibration_steps=args.calibration_steps,
+            shards=args.shards,
+            budget_s=60 * args.budget_min,
+        )
+        print(format_plan(plan))
+    elif args.cmd == "status":
+        print(json.dumps(runner.status(), indent=1))
+    else:
+        if args.compress:
+            compress_logs(Path(args.out) / "jobs")
+        summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots)
+        for name, c in summary["claims"].items():
+            print(f"{name}: {c['label']}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,166 @@
+"""Runner: job list, CRN seeds, shards, resume, manifests, refusal to mix, plan."""
+
+import json
+
+import pytest
+
+from entropylab.study import Arm, Runner, StudySpec, crn_seed
+from entropylab.study.runner import format_plan, parse_shard, shard_jobs
+
+from .synthetic import planted_job, spec
+
+OUTCOME = {"base": 0.0, "treat": 0.1}
+ENTROPY = {"base": 0.2, "treat": 0.4}
+
+
+def test_job_list_and_crn_seeds():
+    sp = spec(3, seeds=(0, 1))
+    jobs = sp.jobs()
+    assert len(jobs) == 3 * 2 * 2 and sp.n_results == 12
+    assert [j.init for j in jobs[:4]] == [0, 0, 0, 0]  # init-major
+    assert {(j.arm, j.seeds) for j in jobs[:4]} == {
+        ("base", (0,)),
+        ("base", (1,)),
+        ("treat", (0,)),
+        ("treat", (1,)),
+    }
+    grouped = StudySpec(
+        name="g", arms=sp.arms, inits=(0, 1), seeds=(0, 1, 2), steps=2, group_seeds=True
+    )
+    assert [j.seeds for j in grouped.jobs()] == [(0, 1, 2)] * 4
+    # the data seed depends on (init, seed) only: every arm sees the same data
+    assert crn_seed(1, 0) == crn_seed(1, 0) != crn_seed(0, 1)
+    assert crn_seed(3, 2) == 0x7FFFFFFF & int(
+        __import__("hashlib").sha256(b"crn|3|2").hexdigest()[:8], 16
+    )
+
+
+def test_shards_partition_the_jobs():
+    jobs = spec(5).jobs()
+    for n in (1, 2, 3, 4, 10, 13):
+        parts = [shard_jobs(jobs, (i, n)) for i in range(1, n + 1)]
+        assert [j for p in parts for j in p] == jobs  # contiguous, disjoint, complete
+        sizes = [len(p) for p in parts]
+        assert max(sizes) - min(sizes) <= 1
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="arm names must be unique"):
+        StudySpec(name="x", arms=(Arm(name="a"), Arm(name="a")), inits=(0,), steps=1)
+    with pytest.raises(ValueError, match="inits"):
+        StudySpec(name="x", arms=(Arm(name="a"),), inits=(0, 0), steps=1)
+    with pytest.raises(ValueError, match="arm name"):
+        Arm(name="a/b")
+    with pytest.raises(ValueError, match="unknown arms"):
+        from .synthetic import outcome_claim
+
+        spec(2, claims=[outcome_claim(baseline="ghost")])
+
+
+def test_shards_resume_and_manifests(tmp_path):
+    sp = spec(3)
+    calls = []
+    job = planted_job(OUTCOME, ENTROPY, 0.01)
+
+    def counted(ctx):
+        calls.append((ctx.job.label, ctx.resume, ctx.data_seed(ctx.seeds[0])))
+        return job(ctx)
+
+    out = tmp_path / "run"
+    ran1 = Runner(sp, counted, out).run(shard=(1, 2), progress=False)
+    ran2 = Runner(sp, counted, out).run(shard="2/2", progress=False)
+    assert sorted(ran1 + ran2) == sorted(j.label for j in sp.jobs())
+    assert Runner(sp, counted, out).run(shard=(1, 1), progress=False) == []  # all done
+    assert len(calls) == 6 and not any(r for _, r, _ in calls)
+    # common random numbers: both arms of an init got the same data seed
+    seeds = {}
+    for label, _, ds in calls:
+        seeds.setdefault(label.split("/")[1], set()).add(ds)
+    assert all(len(v) == 1 for v in seeds.values())
+    study = json.loads((out / "study.json").read_text())
+    assert study["config_hash"] == sp.config_hash() and study["claims_hash"] == sp.claims_hash()
+    for k in ("git", "versions", "cpu", "code_version", "jobs"):
+        assert k in study
+    shard = json.loads((out / "shards" / "shard-2-of-2.json").read_text())
+    assert shard["status"] == "done" and shard["ran"] == ran2 and shard["wall_s"] >= 0
+    res = json.loads((out / "jobs" / "treat" / "init0" / "seed0" / "result.json").read_text())
+    assert res["config_hash"] == sp.config_hash() and res["result"] == {"final": 1.0}
+    assert Runner(sp, counted, out).status()["todo"] == []
+
+
+def test_partial_job_is_resumed_or_refused(tmp_path):
+    sp = spec(1)
+    out = tmp_path / "run"
+    flags = []
+
+    def crash_once(ctx):
+        flags.append(ctx.resume)
+        if len(flags) == 1:
+            ctx.dir(0).joinpath("metrics.jsonl").write_text("")
+            raise RuntimeError("killed")
+        return planted_job(OUTCOME, ENTROPY, 0.01)(ctx)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        Runner(sp, crash_once, out).run(progress=False)
+    with pytest.raises(FileExistsError, match="partial outputs"):
+        Runner(sp, crash_once, out).run(progress=False, resume=False)
+    Runner(sp, crash_once, out).run(progress=False)
+    assert flags == [False, True, False]  # the partial job resumed, the next one started fresh
+
+
+def test_refuses_to_mix_configs_commits_and_foreign_dirs(tmp_path):
+    out = tmp_path / "run"
+    job = planted_job(OUTCOME, ENTROPY, 0.01)
+    Runner(spec(2), job, out).run(shard=(1, 2), progress=False)
+    with pytest.raises(RuntimeError, match="refusing to mix shards.*config_hash"):
+        Runner(spec(2, steps=7), job, out).run(shard=(2, 2), progress=False)
+    study = json.loads((out / "study.json").read_text())
+    study["git_sha"] = "0" * 40
+    (out / "study.json").write_text(json.dumps(study))
+    with pytest.raises(RuntimeError, match="git_sha"):
+        Runner(spec(2), job, out).run(shard=(2, 2), progress=False)
+    # the same code version at another commit is accepted only when asked for
+    Runner(spec(2), job, out, allow_other_commit=True).run(shard=(2, 2), progress=False)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        Runner(spec(2), job, tmp_path / "foreign").run(progress=False)
+
+
+def test_group_seeds_job_returns_per_seed_results(tmp_path):
+    sp = StudySpec(
+        name="g",
+        arms=(Arm(name="base"), Arm(name="treat")),
+        inits=(0,),
+        seeds=(0, 1),
+        steps=3,
+        group_seeds=True,
+    )
+    out = tmp_path / "run"
+    Runner(sp, planted_job(OUTCOME, ENTROPY, 0.01), out).run(progress=False)
+    for arm in ("base", "treat"):
+        for s in (0, 1):
+            assert (out / "jobs" / arm / "init0" / f"seed{s}" / "result.json").exists()
+
+    def bad(ctx):
+        return {"x": 1}
+
+    with pytest.raises(ValueError, match="grouped seeds"):
+        Runner(sp, bad, tmp_path / "bad").run(progress=False)
+
+
+def test_plan_predicts_from_logged_step_times(tmp_path):
+    sp = spec(4, steps=40)  # 8 jobs x 40 steps x 0.25 s = 80 s plus a small fixed cost
+    plan = Runner(sp, planted_job(OUTCOME, ENTROPY, 0.01), tmp_path / "run").plan(
+        calibration_steps=3, budget_s=30.0
+    )
+    assert plan["per_step_s"] == 0.25 and plan["jobs"] == 8
+    assert 80.0 <= plan["total_s"] < 80.0 + 8 * 2.0
+    assert plan["shards"] == 3 and plan["fits_budget"]  # 80 s / 30 s budget -> 3 shards
+    assert max(plan["per_shard_s"]) <= 30.0
+    assert "--shard 3/3" in format_plan(plan)
+    assert not (tmp_path / "run").exists()  # calibration ran in a temp directory
