@@ -114,6 +114,13 @@ class Checkpointer:
         _check_structure(abstract_state, state, path)
         return state, meta
 
+    def delete_after(self, step: int) -> list[int]:
+        """Delete the checkpoints newer than ``step`` (a resume from an older one); returns them."""
+        newer = [s for s in self.all_steps() if s > step]
+        for s in newer:
+            self._manager.delete(s)
+        return newer
+
     def close(self) -> None:
         self._manager.close()
 

@@ -1,6 +1,8 @@
 """Tests for entropylab.train.loop: loss vs reference, SFT masking, exact resume."""
 
 import dataclasses
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,101 @@ def test_resumed_run_reproduces_uninterrupted_run_exactly(tmp_path):
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(_model(0), batches(), _cfg(), workdir=tmp_path / "a", resume=False)
 
+    # determinism: a second uninterrupted run gives an identical metrics file
+    train(_model(0), batches(), _cfg(), eval_batches=evals(), workdir=tmp_path / "c")
+    assert _strip(read_jsonl(tmp_path / "c/metrics.jsonl")) == _strip(rec_a)
+
+    # preemption: SIGTERM during step 4 -> checkpoint at step 4, clean return; resume == full
+    sig = SignalAt(batches(), 4)
+    part = train(_model(0), sig, _cfg(), eval_batches=evals(), workdir=tmp_path / "d")
+    assert part.interrupted == signal.SIGTERM and [r["step"] for r in part.history] == [1, 2, 3, 4]
+    assert sorted(int(p.name) for p in (tmp_path / "d/checkpoints").iterdir()) == [3, 4]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    resumed = train(_model(0), batches(), _cfg(), eval_batches=evals(), workdir=tmp_path / "d")
+    assert resumed.resumed_from == 4 and resumed.interrupted is None
+    assert _strip(read_jsonl(tmp_path / "d/metrics.jsonl")) == _strip(rec_a)
+
+    # a metrics file cut mid-line after step 6 with a complete checkpoint at step 8: the run
+    # resumes from the checkpoint the history covers (6) instead of truncating the history
+    metrics = tmp_path / "a/metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:6]) + "\n" + lines[6][:20])
+    with pytest.warns(UserWarning, match="resuming from the checkpoint at step 6"):
+        again = train(_model(0), batches(), _cfg(), eval_batches=evals(), workdir=tmp_path / "a")
+    assert again.resumed_from == 6 and [r["step"] for r in again.history] == [7, 8]
+    assert _strip(read_jsonl(metrics)) == _strip(rec_a)
+    # a torn line in the middle is an error naming the line; nothing is rewritten
+    broken = "\n".join(lines[:3] + [lines[3][:15]] + lines[4:]) + "\n"
+    metrics.write_text(broken)
+    with pytest.raises(ValueError, match=r"metrics.jsonl:4: invalid record in the middle"):
+        train(_model(0), batches(), _cfg(), eval_batches=evals(), workdir=tmp_path / "a")
+    assert metrics.read_text() == broken
+    # a gap in the history (steps 1..2 only, checkpoints at 6 and 8) is an error
+    metrics.write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(ValueError, match="ends at step 2 but the oldest checkpoint"):
+        train(_model(0), batches(), _cfg(), eval_batches=evals(), workdir=tmp_path / "a")
+    # a checkpoint of another config (seed) is refused, naming the field
+    with pytest.raises(ValueError, match=r"different TrainConfig: config differs \(seed: 0 -> 1"):
+        train(_model(0), batches(), _cfg(seed=1), workdir=tmp_path / "d")
+
+
+class SignalAt:
+    """Batches that deliver a real SIGTERM to this process while producing batch ``at``."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at, self.n = inner, at, 0
+
+    def __next__(self):
+        self.n += 1
+        if self.n == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return next(self.inner)
+
+    def state(self):
+        return self.inner.state()
+
+    def restore(self, state):
+        self.inner.restore(state)
+
+
+class NaNAt(SignalAt):
+    """Batches whose loss mask holds a NaN in batch ``at`` (an injected non-finite loss)."""
+
+    def __next__(self):
+        self.n += 1
+        batch = dict(next(self.inner))
+        if self.n == self.at:
+            batch["loss_mask"] = batch["loss_mask"].copy()
+            batch["loss_mask"][0, 0] = np.nan
+        return batch
+
+
+def test_nan_guard_skip_and_stop():
+    tokens = _tokens()
+
+    def batches():
+        return LMBatches(tokens, batch_size=4, seq_len=16, seed=5)
+
+    cfg = _cfg(eval_every=0, save_every=0)
+    clean = train(_model(0), batches(), cfg, stop_after=2)
+    with pytest.warns(UserWarning, match=r"step 3: non-finite training metrics \[.*'loss=nan'"):
+        skip = train(
+            _model(0),
+            NaNAt(batches(), 3),
+            dataclasses.replace(cfg, nan_policy="skip"),
+            stop_after=3,
+        )
+    assert skip.skipped_steps == (3,)
+    rec = skip.history[-1]
+    assert rec["nonfinite"] == 1.0 and np.isnan(rec["loss"]) and np.isnan(rec["grad_norm"])
+    assert [r["nonfinite"] for r in skip.history[:2]] == [0.0, 0.0]
+    # the non-finite update was not applied: params and optimizer state as after step 2
+    for key in ("params", "opt_state"):
+        for x, y in zip(jax.tree.leaves(clean.state[key]), jax.tree.leaves(skip.state[key])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite .*'loss=nan'.*stopping"):
+        train(_model(0), NaNAt(batches(), 3), cfg)
+
 
 def test_sft_trains_on_responses_only():
     """Same shapes and optimizer as the resume test, so the compiled step is reused."""
@@ -155,6 +252,8 @@ def test_sft_trains_on_responses_only():
         ({"keep": 0}, "keep"),
         ({"eval_batches": 0}, "eval_batches"),
         ({"optim": {"lr": 1}}, "optim"),
+        ({"nan_policy": "ignore"}, "nan_policy"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_train_config_validation(kw, field):
