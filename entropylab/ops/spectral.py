@@ -1,8 +1,10 @@
 """Representation-level spectral entropies and rank diagnostics of a token/sample matrix.
 
-Inputs are representations ``x[N, D]`` (N samples or tokens, D features). All spectra are
-computed in float32 (float64 under x64) from the smaller of the two Gram matrices (D×D or N×N;
-they share their nonzero eigenvalues), with ``eigh``, so cost is O(min(N, D)³ + N·D·min(N, D)).
+Inputs are representations ``x[N, D]`` (N samples or tokens, D features). Spectra are computed in
+float32 (float64 under x64). ``matrix_entropy`` and ``rankme(spectrum="covariance")`` use ``eigh``
+of the smaller of the two Gram matrices (D×D or N×N; they share their nonzero eigenvalues);
+``alpha_req`` and ``rankme(spectrum="singular")`` use the singular values of ``x`` (squared for
+α-ReQ), which resolve a spectrum over ~2× more decades in float32. Cost O(min(N, D)²·max(N, D)).
 
 ==============================  =========================================================
 :func:`matrix_entropy`          UNComp trace-normalised covariance-spectrum entropy (top-k)
@@ -98,62 +100,116 @@ def matrix_entropy(
     return h
 
 
-def rankme(x, *, eps: float = 1e-7, spectrum: str = "singular") -> jax.Array:
+def rankme(
+    x, *, eps: float = 1e-7, spectrum: str = "singular", max_eigenvals: int | None = None
+) -> jax.Array:
     """RankMe effective rank: exp of the entropy of the normalised spectrum.
 
-        p_k = s_k / Σ_j s_j + ε,     RankMe = exp(−Σ_k p_k ln p_k)
+        s_1 ≥ … ≥ s_K the kept spectrum (K = min(N, D, max_eigenvals))
+        p_k = s_k / Σ_{j≤K} s_j + ε,     RankMe = exp(−Σ_{k≤K} p_k ln p_k)
 
     ``spectrum="singular"`` (default, Garrido et al.): s_k are the singular values of the raw
-    embedding matrix ``x`` (no centring). ``spectrum="covariance"`` (``reptrix.rankme``, used by
-    arXiv:2509.23024): s_k are eigenvalues of the covariance of the centred ``x`` (σ_k²); this
-    gives a smaller value for the same data. ε = 1e-7 as in the paper. Isotropic data give ≈ D,
-    rank-r data with equal singular values give ≈ r. All-zero input gives exp(−min(N,D)·ε ln ε).
+    embedding matrix ``x`` (no centring), all of them unless ``max_eigenvals`` is given.
+    ``spectrum="covariance"`` (``reptrix.rankme``, used by arXiv:2509.23024): s_k are the
+    eigenvalues of the covariance of the centred ``x`` (σ_k²), of which the reference keeps the
+    top ``max_eigenvals = 2048`` (PCA with ``n_components = min(2048, N, D)``) and renormalises
+    over those; ``max_eigenvals=None`` means that reference default (2048 for "covariance", all
+    for "singular"). This matters only when N and D both exceed 2048 (LLM hidden states).
+    The covariance spectrum gives a smaller value for the same data. ε = 1e-7 as in the paper and
+    reptrix. Isotropic data give ≈ D, rank-r data with equal singular values give ≈ r. All-zero
+    input gives exp(−K·ε ln ε).
 
     Args:
       x: ``[N, D]``.
+      eps: the ε added to every p_k.
+      spectrum: "singular" or "covariance".
+      max_eigenvals: keep the largest this many values (int ≥ 1), or None (reference default).
     Returns:
-      scalar effective rank in [1, min(N, D)] (up to the ε terms).
+      scalar effective rank in [1, K] (up to the ε terms).
 
-    References: RankMe arXiv:2210.02885; arXiv:2509.23024 (LLM representation geometry).
+    References: RankMe arXiv:2210.02885; arXiv:2509.23024 (LLM representation geometry);
+    released code ``arnab39/reptrix`` ``reptrix/rankme.py`` + ``reptrix/utils.py``
+    (``get_eigenspectrum``) @ f93c9b61b4c0df3a50f67fec54cb409c98339ff8.
     """
     if spectrum not in ("singular", "covariance"):
         raise ValueError(f"spectrum must be 'singular' or 'covariance', got {spectrum!r}")
+    if max_eigenvals is not None and (
+        isinstance(max_eigenvals, bool) or not isinstance(max_eigenvals, int) or max_eigenvals < 1
+    ):
+        raise ValueError(f"max_eigenvals must be None or an int >= 1, got {max_eigenvals!r}")
     x = _as_2d_float(x)
     if spectrum == "covariance":
         x = x - jnp.mean(x, axis=0, keepdims=True)
         s = _gram_eigvals(x)
+        keep = 2048 if max_eigenvals is None else max_eigenvals
     else:
         # SVD, not sqrt(eig(XᵀX)): the square root would amplify round-off in the zero modes.
         s = jnp.linalg.svd(x, compute_uv=False)
+        keep = max_eigenvals
+    if keep is not None:
+        s = s[:keep]
     tot = jnp.sum(s)
     p = jnp.where(tot > 0, s / jnp.where(tot > 0, tot, 1.0), 0.0) + eps
     return jnp.exp(-jnp.sum(_xlogx(p)))
 
 
-def alpha_req(x, *, k_min: int = 6, k_max: int = 100, center: bool = True) -> jax.Array:
+def _covariance_spectrum_svd(x, center: bool):
+    """Covariance eigenvalues σ_k² (descending, unnormalised) and a mask of the non-null ones.
+
+    A spectrum from ``svd(x)`` has absolute error ~ eps·‖X‖ in σ, so σ² resolves eigenvalues down
+    to ~ eps²·λ_max (float32: ~1e-14), where ``eigh`` of the Gram matrix stops at ~ eps·λ_max
+    (~1e-7). The null cut-off is the LAPACK/NumPy rank rule, dtype-aware and referred to the
+    *uncentred* input, whose rounding (eps·|x|) is what centring leaves behind:
+
+        σ_k is null  ⇔  σ_k ≤ max(N, D) · eps(dtype) · ‖X_in‖_F
+    """
+    n, d = x.shape
+    scale = jnp.sqrt(jnp.sum(jnp.square(x)))
+    if center:
+        x = x - jnp.mean(x, axis=0, keepdims=True)
+    s = jnp.linalg.svd(x, compute_uv=False)  # descending
+    tol = max(n, d) * jnp.finfo(x.dtype).eps * scale
+    return jnp.square(s), s > tol
+
+
+def alpha_req(x, *, k_min: int = 11, k_max: int = 100, center: bool = True) -> jax.Array:
     """α-ReQ: power-law decay exponent α of the covariance eigenspectrum, λ_k ∝ k^(−α).
 
-    Fits ln λ_k = −α ln k + c by weighted least squares with weights 1/k over the 1-based ranks
-    k_min ≤ k ≤ min(k_max, min(N, D)), as ``reptrix.alpha`` does (its 0-based ranks 5..99; it
-    skips the head of the spectrum). Eigenvalues that are zero (below 1e-12 of the largest)
-    are left out of the fit, so rank-deficient data fit only their nonzero part. Returns 0
-    when fewer than two ranks are usable. Larger α = faster decay = more anisotropic.
+        λ_1 ≥ λ_2 ≥ … the eigenvalues of the covariance of (centred) x; k is the 1-based rank
+        fit ln λ_k = −α ln k + c by least squares with weights 1/k over
+        k_min ≤ k ≤ min(k_max, min(N, D)), λ_k non-null
+
+    Fit window: the current ``reptrix.alpha.get_alpha`` (``fit_range = np.arange(10, 100)``,
+    0-based, so 1-based k = 11..100, weights 1/k, normal equations of the weighted fit) at
+    reptrix @ f93c9b61b4c0df3a50f67fec54cb409c98339ff8 (file ``reptrix/alpha.py``, last changed
+    in e5adeca). We follow it, not the earlier ``np.arange(5, 100)`` (k = 6..100): that was a
+    mutable default argument which ``get_powerlaw`` shifted by one in place (``trange += 1``), so
+    only the first call of a process used ranks 6..100 and later calls drifted; the fix replaced
+    it by a fresh ``np.arange(10, 100)`` per call. Pass ``k_min=6`` for the older window.
+
+    Null eigenvalues (rank-deficient data, e.g. a centred batch with N ≤ 100 has at most N − 1
+    non-null ones) are left out of the fit instead of entering it as ln(round-off); reptrix
+    takes ln|λ| of whatever PCA returns and fails (IndexError) when min(N, D) < 100. The cut-off
+    is dtype-aware (see ``_covariance_spectrum_svd``: σ ≤ max(N, D)·eps·‖X‖_F); the fixed
+    1e-12·λ_max used before sat below float32 round-off (~1e-7·λ_max from ``eigh``), so null
+    eigenvalues entered the fit and a centred float32 batch with an exact k^−2 spectrum gave
+    α ≈ 5–10. Returns 0 when fewer than two ranks are usable. Larger α = faster decay = more
+    anisotropic.
 
     Args:
       x: ``[N, D]``; the fit needs min(N, D) ≥ k_min + 1.
-      k_min, k_max: 1-based rank window of the fit.
+      k_min, k_max: 1-based rank window of the fit (inclusive).
       center: subtract the mean over rows first (covariance spectrum).
     Returns:
-      scalar α.
+      scalar α (dtype of ``x``, at least float32).
 
-    References: α-ReQ, Agrawal et al., NeurIPS 2022; arXiv:2509.23024 (reptrix usage).
+    References: α-ReQ, Agrawal et al., NeurIPS 2022; arXiv:2509.23024 (reptrix usage); released
+    code ``arnab39/reptrix`` ``reptrix/alpha.py`` @ f93c9b61b4c0df3a50f67fec54cb409c98339ff8.
     """
     if not 1 <= k_min < k_max:
         raise ValueError(f"need 1 <= k_min < k_max, got k_min={k_min}, k_max={k_max}")
     x = _as_2d_float(x)
-    if center:
-        x = x - jnp.mean(x, axis=0, keepdims=True)
-    w = _gram_eigvals(x)
+    w, nonnull = _covariance_spectrum_svd(x, center)
     hi = min(k_max, w.shape[0])
     if hi <= k_min:
         raise ValueError(
@@ -161,7 +217,7 @@ def alpha_req(x, *, k_min: int = 6, k_max: int = 100, center: bool = True) -> ja
         )
     lam = w[k_min - 1 : hi]
     k = jnp.arange(k_min, hi + 1, dtype=w.dtype)
-    use = lam > 1e-12 * jnp.maximum(w[0], _TINY)
+    use = nonnull[k_min - 1 : hi] & (lam > 0)
     wt = jnp.where(use, 1.0 / k, 0.0)
     xs = jnp.log(k)
     ys = jnp.where(use, jnp.log(jnp.where(use, lam, 1.0)), 0.0)
@@ -178,13 +234,27 @@ def diffusion_spectral_entropy(x, *, sigma: float = 10.0, t: int = 1, base: floa
     """Diffusion Spectral Entropy (DSE) of the point cloud ``x``, in bits by default.
 
         G_ij = exp(−‖x_i − x_j‖² / (2σ²)) / (σ√(2π)),   K = D^(−1/2) G D^(−1/2),  D = diag(G·1)
-        drop the largest eigenvalue of K (λ = 1, trivial);  p_i = |λ_i|^t / Σ_j |λ_j|^t
-        DSE = −Σ_i p_i log_base p_i
+        λ_1 = 1 ≥ λ_2 ≥ … ≥ λ_N the eigenvalues of K;  p_i = |λ_i|^t / Σ_{j=1..N} |λ_j|^t
+        DSE = −Σ_{i=1..N} p_i log_base p_i
+
+    Sums over ALL N eigenvalues, the trivial λ_1 = 1 included, as the paper's definition
+    (Def. IV.1) and the released package do: ``ChenLiu-1996/DiffusionSpectralEntropy``
+    ``dse_dsmi/dse.py`` (+ ``dse_dsmi/diffusion.py``) @ 179da1132f570eab1db4f856964b6a82c8c57cec
+    (repository HEAD dc20ffd2153ff7f1f55d6ca8d06586c98bfbbba5). An early snapshot of its
+    ``api/dse.py`` (e.g. 317f0198677e41c0154eb7a16102ba055b7e16dd, June 2023) dropped λ_1; the
+    authors removed the drop in b2023270e4ee7d1513e13b572dbe7c0b0634c9e0 ("include trivial
+    eigvec", 27 June 2023). Hand cases (σ = 1, t = 1): two points at distance 1 have
+    λ = {1, tanh(1/4)} → 0.7150 bits; an equilateral triangle of side 1 has
+    λ = {1, μ, μ}, μ = (1 − e^(−1/2))/(1 + 2e^(−1/2)) → 1.0926 bits.
 
     K is the symmetric conjugate of the diffusion operator P = D⁻¹G (same eigenvalues). The
-    Gaussian prefactor cancels in K; it is kept for fidelity. Defaults σ = 10, t = 1 and
-    base 2 as in the reference code (``ChenLiu-1996/DiffusionSpectralEntropy`` ``api/dse.py``).
-    O(N³): subsample large N first. Fewer than 2 points, or a spectrum that vanishes, give 0.
+    Gaussian prefactor cancels in K; it is kept for fidelity. Defaults σ = 10, t = 1 and base 2
+    as in the released code. The points are centred first: distances are translation invariant,
+    but the Gram-matrix form ‖x_i‖² + ‖x_j‖² − 2x_i·x_j loses them to cancellation in float32 when
+    the cloud sits far from the origin. Differences from the released code: it adds
+    ``np.finfo(float).eps`` to every p_i before the entropy (≤ N·1.2e-14 bits), we use
+    0·log 0 = 0; it subsamples to ``max_N = 10000`` points, we take what we are given (O(N³):
+    subsample large N first). Fewer than 2 points give 0.
 
     Args:
       x: ``[N, D]``; sigma: kernel bandwidth > 0; t: diffusion time ≥ 1; base: log base.
@@ -201,12 +271,14 @@ def diffusion_spectral_entropy(x, *, sigma: float = 10.0, t: int = 1, base: floa
     n = x.shape[0]
     if n < 2:
         return jnp.zeros((), x.dtype)
+    x = x - jnp.mean(x, axis=0, keepdims=True)
     sq = jnp.sum(jnp.square(x), axis=-1)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    d2 = d2 * (1.0 - jnp.eye(n, dtype=d2.dtype))  # exact zero self-distance
     g = jnp.exp(-d2 / (2.0 * sigma**2)) / (sigma * jnp.sqrt(2.0 * jnp.pi))
     inv_sqrt_deg = jax.lax.rsqrt(jnp.sum(g, axis=-1))
     k = inv_sqrt_deg[:, None] * g * inv_sqrt_deg[None, :]
-    lam = jnp.linalg.eigvalsh(0.5 * (k + k.T))[::-1][1:]
+    lam = jnp.linalg.eigvalsh(0.5 * (k + k.T))
     a = jnp.abs(lam) ** t
     tot = jnp.sum(a)
     p = jnp.where(tot > 0, a / jnp.where(tot > 0, tot, 1.0), 0.0)

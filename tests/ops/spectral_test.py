@@ -17,7 +17,7 @@ from entropylab.ops.spectral import (
 
 # Jitted once per shape/options: eager calls would compile every primitive separately.
 _me = jax.jit(matrix_entropy, static_argnames=("top_k", "center", "row_normalize", "normalize"))
-_rankme = jax.jit(rankme, static_argnames=("eps", "spectrum"))
+_rankme = jax.jit(rankme, static_argnames=("eps", "spectrum", "max_eigenvals"))
 _alpha = jax.jit(alpha_req, static_argnames=("k_min", "k_max", "center"))
 _dse = jax.jit(diffusion_spectral_entropy, static_argnames=("sigma", "t", "base"))
 
@@ -42,28 +42,45 @@ def np_rankme(x, eps=1e-7):
     return math.exp(-np.sum(p * np.log(p)))
 
 
-def np_alpha(x, k_min=6, k_max=100):
+def np_reptrix_rankme(x, max_eigenvals=2048, eps=1e-7):
+    """Port of reptrix get_rankme: PCA explained-variance ratios of the top components, then
+    p = λ / Σλ + ε over the kept ones (reptrix/rankme.py + utils.py @ f93c9b6)."""
     x = np.asarray(x, np.float64)
-    lam = np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1]
-    k = np.arange(1, len(lam) + 1)
-    sel = (k >= k_min) & (k <= k_max)
-    w = 1.0 / k[sel]
-    # weighted LS of ln λ on ln k: np.polyfit weights multiply the residuals (√w)
-    slope, _ = np.polyfit(np.log(k[sel]), np.log(lam[sel]), 1, w=np.sqrt(w))
-    return -slope
+    x = x - x.mean(0)
+    var = np.linalg.svd(x, compute_uv=False) ** 2  # PCA variances (up to 1/(N-1))
+    ratio = (var / var.sum())[: min(max_eigenvals, *x.shape)]
+    p = ratio / np.sum(np.abs(ratio)) + eps
+    return math.exp(-np.sum(p * np.log(p)))
+
+
+def np_reptrix_alpha(x, fit_range=None):
+    """Port of reptrix get_alpha/get_powerlaw (reptrix/alpha.py @ f93c9b6): 0-based fit_range
+    (default arange(10, 100)), y = ln|λ|[fit_range], x = [−ln(r+1), 1], weights 1/(r+1),
+    solve the weighted normal equations; α = b[0]."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0)
+    lam = np.linalg.svd(x, compute_uv=False) ** 2
+    lam = lam / lam.sum()
+    tr = np.arange(10, 100) if fit_range is None else np.asarray(fit_range)
+    y = np.log(np.abs(lam))[tr][:, None]
+    r1 = tr + 1
+    a = np.concatenate([-np.log(r1)[:, None], np.ones((r1.size, 1))], axis=1)
+    w = 1.0 / r1[:, None]
+    b = np.linalg.solve(a.T @ (a * w), (w * a).T @ y).ravel()
+    return b[0]
 
 
 def np_dse(x, sigma=10.0, t=1):
+    """Port of the released dse_dsmi.diffusion_spectral_entropy (dse_dsmi/dse.py @ 179da11):
+    all eigenvalues of K, |λ|^t normalised, + float64 eps, entropy in bits."""
     x = np.asarray(x, np.float64)
-    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
-    g = np.exp(-d2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
-    deg = g.sum(1)
-    k = g / np.sqrt(deg[:, None] * deg[None])
-    lam = np.sort(np.linalg.eigvalsh(k))[::-1][1:]
-    a = np.abs(lam) ** t
-    p = a / a.sum()
-    p = p[p > 0]
-    return -np.sum(p * np.log2(p))
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))  # pairwise_distances
+    g = (1 / (sigma * np.sqrt(2 * np.pi))) * np.exp(-(d**2) / (2 * sigma**2))
+    deg = np.diag(1 / np.sum(g, axis=1) ** 0.5)
+    k = deg @ g @ deg
+    ev = np.abs(np.linalg.eigvalsh(k)) ** t
+    prob = ev / ev.sum() + np.finfo(float).eps
+    return -np.sum(prob * np.log2(prob))
 
 
 def _gauss(seed, n, d):
@@ -156,6 +173,23 @@ def test_rankme_isotropic_rank_r_and_numpy():
     assert _rankme(xa, spectrum="covariance") < _rankme(xa)
 
 
+def test_rankme_covariance_keeps_top_eigenvalues_like_reptrix():
+    # reptrix keeps the top min(2048, N, D) covariance eigenvalues and renormalises over them;
+    # max_eigenvals=None is that default. The cut is exercised with a small max_eigenvals
+    # (N, D > 2048 would cost an O(2048³) eigh here). The old code had no cut.
+    x = _gauss(15, 50, 8) * np.array([4, 3, 2, 1.5, 1, 0.5, 0.3, 0.1], np.float32)
+    np.testing.assert_allclose(_rankme(x, spectrum="covariance"), np_reptrix_rankme(x), rtol=1e-5)
+    got3 = _rankme(x, spectrum="covariance", max_eigenvals=3)
+    np.testing.assert_allclose(got3, np_reptrix_rankme(x, max_eigenvals=3), rtol=1e-5)
+    assert got3 < 3.0 < _rankme(x, spectrum="covariance")
+    # hand case: equal variances on 4 centred directions; keeping 2 gives exp(ln 2) = 2
+    q = _orthonormal_centered(16, 40, 4).astype(np.float32)
+    np.testing.assert_allclose(_rankme(q, spectrum="covariance", max_eigenvals=2), 2.0, rtol=1e-5)
+    assert rankme.__kwdefaults__["max_eigenvals"] is None
+    with pytest.raises(ValueError, match="max_eigenvals"):
+        rankme(x, spectrum="covariance", max_eigenvals=0)
+
+
 # ---------------------------------------------------------------- α-ReQ
 
 
@@ -168,37 +202,87 @@ def test_alpha_req_recovers_power_law(alpha):
     np.testing.assert_allclose(_alpha(x), alpha, rtol=2e-3)
 
 
-def test_alpha_req_vs_numpy_and_rank_deficient(x64):
+def test_alpha_req_default_window_is_current_reptrix(x64):
+    # reptrix @ f93c9b6: fit_range = arange(10, 100) 0-based → ranks 11..100 (not 6..100)
     rng = np.random.default_rng(10)
-    x = rng.normal(size=(200, 40)) * np.arange(1, 41) ** -0.7
-    np.testing.assert_allclose(_alpha(x), np_alpha(x), rtol=1e-8)
-    np.testing.assert_allclose(_alpha(x, k_min=2, k_max=20), np_alpha(x, 2, 20), rtol=1e-8)
-    # zero eigenvalues beyond the rank are left out of the fit
-    d = 30
+    x = rng.normal(size=(150, 104)) * np.arange(1, 105) ** -0.7 * (1 + 0.3 * rng.random(104))
+    np.testing.assert_allclose(_alpha(x), np_reptrix_alpha(x), rtol=1e-8)
+    older = np_reptrix_alpha(x, np.arange(5, 100))
+    np.testing.assert_allclose(_alpha(x, k_min=6), older, rtol=1e-8)
+    assert abs(older - np_reptrix_alpha(x)) > 1e-3  # the two windows do differ on this data
+
+
+@pytest.mark.parametrize(
+    "n,r,d,offset", [(50, 30, 128, 0.0), (100, 40, 64, 3.0), (20, 19, 24, 0.0)]
+)
+def test_alpha_req_rank_deficient_float32(n, r, d, offset):
+    # library default dtype. Analytic case: a centred batch of n ≤ 100 rows whose covariance has
+    # exactly λ_k ∝ k^-2 for k ≤ r and λ_k = 0 beyond (r ≤ n − 1 < window end 100). The fit must
+    # use the non-null ranks only → α = 2 exactly. The old 1e-12·λ_max cut-off let float32
+    # round-off eigenvalues into the fit (5.1, 7.8 on the first two cases).
+    q = _orthonormal_centered(11, n, r)
+    v, _ = np.linalg.qr(np.random.default_rng(12).normal(size=(d, r)))
+    x = ((q * np.arange(1, r + 1) ** -1.0) @ v.T + offset).astype(np.float32)
+    assert x.dtype == np.float32 and not jax.config.jax_enable_x64
+    k_min = 11 if r > 11 else 2
+    np.testing.assert_allclose(_alpha(x, k_min=k_min), 2.0, rtol=1e-4)
+
+
+def test_alpha_req_rank_deficient_float64(x64):
+    rng = np.random.default_rng(13)
     q = _orthonormal_centered(11, 300, 20)
-    v, _ = np.linalg.qr(rng.normal(size=(d, 20)))
+    v, _ = np.linalg.qr(rng.normal(size=(30, 20)))
     xr = (q * np.arange(1, 21) ** -1.0) @ v.T  # λ_k ∝ k^-2 on 20 directions
-    np.testing.assert_allclose(_alpha(xr), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(_alpha(xr), 2.0, rtol=1e-10)
+    np.testing.assert_allclose(_alpha(xr, k_min=2, k_max=19), 2.0, rtol=1e-10)
 
 
 # ---------------------------------------------------------------- DSE
 
 
+def _h2(p):
+    p = np.asarray(p, np.float64)
+    return float(-np.sum(p * np.log2(p)))
+
+
 def test_dse_hand_cases():
-    # two points: K has eigenvalues {1, μ}; dropping 1 leaves one outcome → 0 bits
-    assert _dse(np.array([[0.0, 0], [1, 0]]), sigma=1.0) == 0.0
-    # equilateral triangle: two equal non-trivial eigenvalues → 1 bit
-    tri = np.array([[0.0, 0], [1, 0], [0.5, math.sqrt(3) / 2]])
-    np.testing.assert_allclose(_dse(tri, sigma=1.0), 1.0, rtol=1e-5)
-    # base e: ln 2
-    np.testing.assert_allclose(_dse(tri, sigma=1.0, base=math.e), math.log(2), rtol=1e-5)
+    # float32 (default). All eigenvalues count, the trivial λ = 1 included (released dse_dsmi;
+    # the old code dropped it and gave 0 and 1.0 bits here).
+    e = math.exp(-0.5)  # Gaussian affinity at distance 1 with σ = 1
+    # two points: K = [[1, e], [e, 1]] / (1 + e) → λ = {1, (1 − e)/(1 + e) = tanh(1/4)}
+    mu2 = (1 - e) / (1 + e)
+    ref2 = _h2(np.array([1, mu2]) / (1 + mu2))
+    assert abs(ref2 - 0.71535) < 1e-5
+    two = np.array([[0.0, 0], [1, 0]], np.float32)
+    np.testing.assert_allclose(_dse(two, sigma=1.0), ref2, rtol=1e-5)
+    # equilateral triangle: λ = {1, μ, μ}, μ = (1 − e)/(1 + 2e)
+    mu3 = (1 - e) / (1 + 2 * e)
+    ref3 = _h2(np.array([1, mu3, mu3]) / (1 + 2 * mu3))
+    assert abs(ref3 - 1.09253) < 1e-5
+    tri = np.array([[0.0, 0], [1, 0], [0.5, math.sqrt(3) / 2]], np.float32)
+    np.testing.assert_allclose(_dse(tri, sigma=1.0), ref3, rtol=1e-5)
+    np.testing.assert_allclose(_dse(tri, sigma=1.0, base=math.e), ref3 * math.log(2), rtol=1e-5)
+    np.testing.assert_allclose(_dse(tri, sigma=1.0), np_dse(tri, 1.0), rtol=1e-5)
     assert _dse(np.ones((1, 3))) == 0.0
+
+
+def test_dse_translation_invariant_float32():
+    # float32 input far from the origin: the same (rounded) points, shifted by 3000, must give the
+    # float64 reference's value. Without centring the ‖x_i‖² + ‖x_j‖² − 2x_i·x_j distances
+    # cancel catastrophically (old code: 2.68 → 4.77 bits at σ = 10, 5.09 → 4.94 at σ = 1).
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    xs = (x + np.float32(3000)).astype(np.float32)
+    for sigma in (1.0, 10.0):
+        ref = np_dse(xs, sigma)  # float64 on exactly the rounded float32 points
+        np.testing.assert_allclose(_dse(xs, sigma=sigma), ref, rtol=2e-5)
+        np.testing.assert_allclose(_dse(x, sigma=sigma), np_dse(x, sigma), rtol=2e-5)
 
 
 @pytest.mark.parametrize("sigma,t", [(10.0, 1), (2.0, 3)])
 def test_dse_vs_numpy(sigma, t, x64):
     x = np.random.default_rng(12).normal(size=(40, 6)) * 3
-    np.testing.assert_allclose(_dse(x, sigma=sigma, t=t), np_dse(x, sigma, t), rtol=1e-8)
+    # the reference adds float64 eps to each p (≤ 40·1.2e-14 bits): below rtol
+    np.testing.assert_allclose(_dse(x, sigma=sigma, t=t), np_dse(x, sigma, t), rtol=1e-10)
 
 
 def test_dse_orders_structure():
