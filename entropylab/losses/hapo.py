@@ -1,5 +1,10 @@
 """HAPO (Heterogeneous Adaptive PO): token-entropy-aware sampling, advantages and clipping.
 
+**The paper's reported numbers were produced by the released code, which computes the unsigned
+ĥ ∈ [0, 1] (``negative_scale="code"`` here; see "Released-code mismatch" below).** The default
+``"paper"`` is the signed score the method describes; pass ``negative_scale="code"`` (and
+``fallback_scope="code"`` in :func:`hapo_token_group_advantages`) to reproduce the release.
+
 Normalised entropy score ĥ (shared by the four components), over the valid tokens of a batch::
 
     ℓ_t = log max(H_t, 1e-8)
@@ -30,8 +35,10 @@ Components:
 policy's token entropies over the whole (global with ``axis_name``) batch; the release uses the
 micro-batch.
 
-References: arXiv:2509.16591; code ``starriver030515/HAPO`` (``core_algos.py``,
-``vllm/v1/sample/sampler.py``).
+References: arXiv:2509.16591; released code ``starriver030515/HAPO`` @ 7671dde (2025-09-17):
+``verl/trainer/ppo/core_algos.py`` (``compute_entropy_h``, ``torch_quantile``, ``ada_clip``,
+``ada_advantage``, ``compute_hapo_outcome_advantage``, ``compute_grpo_outcome_advantage``,
+``compute_policy_loss``) and ``vllm/v1/sample/sampler.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ __all__ = [
 ]
 
 _NEG_SCALES = ("paper", "code")
+_FALLBACK_SCOPES = ("valid", "code")
 _INTERP = ("nearest", "linear")
 
 
@@ -90,6 +98,10 @@ def hapo_entropy_stats(
     ``interpolation="nearest"`` is the release's ``torch.quantile(..., interpolation="nearest")``
     (round-half-to-even position, as NumPy); ``"linear"`` is NumPy's default. Empty mask →
     μ = 0, σ = 1 and unit scales.
+
+    Checked against ``compute_entropy_h`` / ``torch_quantile`` in ``starriver030515/HAPO`` @
+    7671dde ``verl/trainer/ppo/core_algos.py`` (there σ² is clamped at 1e-8 and the scales at
+    ±1e-8 instead of falling back to 1; they differ only for a constant batch).
     """
     if not 0.0 <= pivot <= 1.0:
         raise ValueError(f"pivot must be in [0, 1], got {pivot}")
@@ -117,7 +129,11 @@ def hapo_entropy_stats(
 
 
 def hapo_score_from_stats(entropy, stats: HapoEntropyStats, *, negative_scale: str = "paper"):
-    """ĥ of any entropy array given precomputed constants (elementwise; no gradient)."""
+    """ĥ of any entropy array given precomputed constants (elementwise; no gradient).
+
+    ``"code"``: ``h · (1 / min_{h<0} h)`` for h ≤ 0 as ``compute_entropy_h`` of
+    ``starriver030515/HAPO`` @ 7671dde (ĥ ≥ 0 everywhere); ``"paper"``: ``h / |min_{h<0} h|``.
+    """
     if negative_scale not in _NEG_SCALES:
         raise ValueError(f"negative_scale must be one of {_NEG_SCALES}, got {negative_scale!r}")
     h = jax.lax.stop_gradient(jnp.asarray(entropy))
@@ -139,7 +155,8 @@ def hapo_entropy_score(
     """Normalised entropy score ĥ ``[B, T]`` (0 on masked tokens). See the module docstring.
 
     With ``negative_scale="paper"`` ĥ ∈ [−1, 1] on the batch it was computed from; with
-    ``"code"`` ĥ ∈ [0, 1].
+    ``"code"`` ĥ ∈ [0, 1] (the released ``compute_entropy_h``, ``starriver030515/HAPO`` @
+    7671dde, which produced the paper's numbers).
     """
     stats = hapo_entropy_stats(
         entropy, mask, pivot=pivot, interpolation=interpolation, axis_name=axis_name
@@ -161,6 +178,9 @@ def hapo_temperature(
     ``entropy``: entropy of the next-token distribution at each decoding row (``[B]``), computed
     from the raw logits (before temperature) as the release does. ``stats``: constants from the
     previous step's rollout batch; ``None`` (first step) → no adaptation.
+
+    Released code: the patched ``vllm/v1/sample/sampler.py`` of ``starriver030515/HAPO`` @
+    7671dde (with its unsigned ĥ, ``negative_scale="code"``, T is only ever raised).
     """
     if not base_temperature > 0:
         raise ValueError(f"base_temperature must be > 0, got {base_temperature}")
@@ -175,7 +195,13 @@ def hapo_temperature(
 
 
 def hapo_token_group_advantages(
-    rewards, mask, *, group_size: int, eps: float = 1e-6, fallback_threshold: float = 5.0
+    rewards,
+    mask,
+    *,
+    group_size: int,
+    eps: float = 1e-6,
+    fallback_threshold: float = 5.0,
+    fallback_scope: str = "valid",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Token-Level Group Average advantages, broadcast to ``[B, T]``.
 
@@ -184,12 +210,30 @@ def hapo_token_group_advantages(
         μ_g = Σ_i n_i R_i / Σ_i n_i,   σ_g = sqrt(Σ_i n_i (R_i − μ_g)² / Σ_i n_i)
         A_i = (R_i − μ_g) / (σ_g + eps)
 
-    If any |A_i| ≥ ``fallback_threshold`` in a group (or the group has no valid token), that
+    If any |A| ≥ ``fallback_threshold`` in a group (or the group has no valid token), that
     group uses the GRPO advantage ``(R_i − mean R) / (std_unbiased R + eps)`` (size 1: mean 0,
     std 1). Masked tokens get 0. Groups live on one device, so there is no ``axis_name``.
 
+    ``fallback_scope`` says where |A| is tested:
+
+    * ``"valid"`` (default, the method): on the valid tokens, i.e. the ``A_i`` of the responses
+      with at least one valid token;
+    * ``"code"`` (the release): on the padded ``[G, T]`` group tensor. The released
+      ``compute_hapo_outcome_advantage`` normalises ``R_i · mask`` at every position, so a padded
+      position carries ``(0 − μ_g)/(σ_g + eps)``; whenever the group has any padding, a group
+      with ``|μ_g| ≥ 5 (σ_g + eps)`` (e.g. mostly correct with a rare wrong answer) falls back
+      to GRPO although no response's own advantage reaches 5. How much padding a group has
+      depends on the batch's padded length, so this behaviour is not a property of the group.
+
+    Checked against ``compute_hapo_outcome_advantage`` and ``compute_grpo_outcome_advantage``
+    in ``starriver030515/HAPO`` @ 7671dde ``verl/trainer/ppo/core_algos.py``.
+
     Shapes: ``rewards`` ``[B]``, ``mask`` ``[B, T]``; B a multiple of ``group_size``.
     """
+    if fallback_scope not in _FALLBACK_SCOPES:
+        raise ValueError(
+            f"fallback_scope must be one of {_FALLBACK_SCOPES}, got {fallback_scope!r}"
+        )
     r = jnp.asarray(rewards)
     r = r.astype(jnp.result_type(r.dtype, jnp.float32))
     m = jnp.asarray(mask) != 0
@@ -211,7 +255,11 @@ def hapo_token_group_advantages(
     else:
         gm, gs = jnp.zeros_like(g), jnp.ones_like(g)
     a_grpo = (g - gm) / (gs + eps)
-    fallback = (~ok) | jnp.any(jnp.abs(a_tok) >= fallback_threshold, -1, keepdims=True)
+    big = jnp.any((jnp.abs(a_tok) >= fallback_threshold) & (n > 0), -1, keepdims=True)
+    if fallback_scope == "code":
+        has_pad = jnp.any(~m.reshape(-1, group_size, m.shape[-1]), axis=(1, 2))[:, None]
+        big = big | (has_pad & (jnp.abs(mu) / (sd + eps) >= fallback_threshold))
+    fallback = (~ok) | big
     a = jnp.where(fallback, a_grpo, a_tok).reshape(-1)
     out = jnp.where(m, a[:, None], 0.0)
     return out, {"hapo/fallback_group_frac": jnp.mean(fallback.astype(r.dtype))}
@@ -224,6 +272,9 @@ def hapo_adaptive_clip(
 
     ĥ > 0: ``ε_h' = ε_h (1 + α ĥ)``, ``ε_l' = ε_l``; ĥ ≤ 0: ``ε_l' = ε_l (1 − α ĥ)``,
     ``ε_h' = ε_h``.
+
+    Checked against ``ada_clip`` in ``starriver030515/HAPO`` @ 7671dde
+    ``verl/trainer/ppo/core_algos.py``.
     """
     s = jax.lax.stop_gradient(jnp.asarray(score))
     pos = s > 0
@@ -239,6 +290,9 @@ def hapo_redistribute_advantages(
 
     ``A^ent = A (1 + β ĥ)``; inside = ``1 − ε_l'/2 < r < 1 + ε_h'/2``; ĥ > 0 uses A^ent outside
     the band, ĥ ≤ 0 uses A^ent inside it.
+
+    Checked against ``ada_advantage`` in ``starriver030515/HAPO`` @ 7671dde
+    ``verl/trainer/ppo/core_algos.py``.
     """
     s = jax.lax.stop_gradient(jnp.asarray(score))
     r = jax.lax.stop_gradient(jnp.asarray(ratio))
@@ -283,6 +337,10 @@ def hapo_loss(
     Defaults follow the release script: ε 0.2/0.2, c = 10, α = β = 1, pivot 0.8.
 
     Shapes: all ``[B, T]``; ``entropy`` is the current policy's token entropy (no gradient).
+
+    Checked against ``compute_policy_loss`` (with ``compute_entropy_h``, ``ada_clip``,
+    ``ada_advantage``) in ``starriver030515/HAPO`` @ 7671dde ``verl/trainer/ppo/core_algos.py``
+    (with ``negative_scale="code"``; the release computes ĥ per micro-batch).
     """
     if loss_agg_mode not in AGG_MODES:
         raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
