@@ -61,6 +61,8 @@ class GymTask:
       config: config fields applied at every difficulty (e.g. ``{"operators": ("+", "-")}``).
       base_seed: the generator's seed; problem ``i`` is item ``i`` of that generator.
       prompt_fn: question text → prompt (default: the question unchanged).
+      binary: reward 1 only for a full score (reasoning-gym gives partial credit for some wrong
+        answers, e.g. 0.5 for a wrong number in ``basic_arithmetic``); default: its score as is.
       factory: the ``reasoning_gym.factory`` module (tests pass a stand-in; default: imported).
     """
 
@@ -72,6 +74,7 @@ class GymTask:
         config: Mapping[str, Any] | None = None,
         base_seed: int = 0,
         prompt_fn: Callable[[str], str] | None = None,
+        binary: bool = False,
         factory=None,
     ):
         self.factory = factory if factory is not None else _import_factory()
@@ -83,6 +86,7 @@ class GymTask:
         self.levels = None if levels is None else {int(k): dict(v) for k, v in levels.items()}
         self.config = dict(config or {})
         self.prompt_fn = prompt_fn or (lambda q: q)
+        self.binary = bool(binary)
         self.name = f"rg:{dataset}"
         cfg_txt = json.dumps(
             {"levels": self.levels, "config": self.config, "seed": self.base_seed},
@@ -135,11 +139,13 @@ class GymTask:
         return [self.make(int(i), difficulties[k % len(difficulties)]) for k, i in enumerate(idx)]
 
     def verify(self, problem: GymProblem, completion: str, finished: bool = True) -> float:
-        """reasoning-gym's score in [0, 1]; 0 without EOS; never raises on model output."""
+        """reasoning-gym's score in [0, 1] (``binary``: 1 iff the score is 1); 0 without EOS;
+        never raises on model output."""
         if not finished:
             return 0.0
         try:
             ds = self._generator(problem.difficulty)
-            return float(ds.score_answer(completion.strip(), problem.entry))
+            score = float(ds.score_answer(completion.strip(), problem.entry))
         except Exception:  # noqa: BLE001 - a verifier never crashes on model output
             return 0.0
+        return float(score >= 1.0) if self.binary else score

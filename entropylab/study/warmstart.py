@@ -34,14 +34,10 @@ from flax import nnx
 
 from entropylab.study import provenance
 
-#: Modules whose source determines an SFT warm start (their hash is the default code version).
-SFT_MODULES = (
-    "entropylab.models",
-    "entropylab.ops",
-    "entropylab.rl.sft",
-    "entropylab.rl.tasks",
-    "entropylab.rl.sampling",
-)
+#: Modules whose source is hashed into the default code version: the whole library (the SFT
+#: path reaches models, ops, logprobs, train.optim, rl.*; hashing less risks reusing a stale
+#: warm start after a numerics change, hashing more only costs a recomputation).
+SFT_MODULES = ("entropylab",)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
