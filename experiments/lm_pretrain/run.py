@@ -11,20 +11,26 @@ Usage::
 
 Writes ``<out>/metrics.jsonl`` (one record per step), ``<out>/loss_curve.png``,
 ``<out>/summary.json``, ``<out>/params.npz`` (final parameters; reload with
-:func:`load_pretrained`) and ``<out>/checkpoints/`` (orbax, full training state; a rerun with
-the same ``--out`` resumes from it).
+:func:`load_pretrained`), ``<out>/manifest.json`` (config hash, seed, git commit, versions,
+start/end time) and ``<out>/checkpoints/`` (orbax, full training state).
+
+Safe outputs (``entropylab.runs``): a rerun with the same ``--out``, preset, seed and commit
+resumes from the latest checkpoint the metrics history covers; a different preset/seed/commit is
+refused with a message saying what differs (``--resume`` accepts another commit, ``--overwrite``
+starts again); a non-empty folder that is not a run directory is never written into. Every
+result file is written atomically. SIGTERM/SIGINT (preemption) checkpoint at the next step and
+exit with status 128 + signal; rerunning the same command continues bit-identically.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import io
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from entropylab import runs
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.train import (
     LMBatches,
@@ -99,10 +106,7 @@ def model_config(preset: Preset) -> TransformerConfig:
 def save_params(path: Path, params) -> None:
     """Flat ``{"a/b/c": array}`` npz of an ``nnx.State``; written to a temp file, then renamed."""
     flat = {"/".join(str(k) for k in key): np.asarray(v) for key, v in nnx.to_flat_state(params)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".params.", suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    runs.atomic_savez(path, **flat)
 
 
 def load_pretrained(out_dir, preset: str = "tiny") -> Transformer:
@@ -140,18 +144,36 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plot.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    runs.atomic_write_bytes(path, buf.getvalue())
 
 
-def run(preset_name: str, out: Path, seed: int, *, progress: bool = True) -> dict:
+def run_config(preset_name: str) -> dict:
+    """What a run directory's manifest identifies the run by (besides the seed)."""
+    preset = PRESETS[preset_name]
+    return {"script": "lm_pretrain", "preset": preset_name, **dataclasses.asdict(preset)}
+
+
+def run(
+    preset_name: str, out, seed: int, *, progress: bool = True, mode: str = "auto"
+) -> dict | None:
+    """Train (or resume) and write the results; returns the summary, or None if interrupted
+    by SIGTERM/SIGINT (the manifest then says ``interrupted``; rerun to continue)."""
     if preset_name not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset_name!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be an int >= 0, got {seed!r}")
     preset = PRESETS[preset_name]
-    out.mkdir(parents=True, exist_ok=True)
+    out = runs.out_path(out)
+    manifest = runs.make_manifest(run_config(preset_name), seed=seed)
+    with runs.run_lock(out):
+        runs.prepare_output_dir(out, manifest=manifest, mode=mode)
+        return _run(preset_name, preset, out, seed, progress=progress)
+
+
+def _run(preset_name: str, preset: Preset, out: Path, seed: int, *, progress: bool) -> dict | None:
     t0 = time.perf_counter()
     train_tokens, held_tokens, info = stdlib_corpus(max_bytes=preset.max_bytes)
     mcfg = model_config(preset)
@@ -178,6 +200,9 @@ def run(preset_name: str, out: Path, seed: int, *, progress: bool = True) -> dic
         held_tokens, batch_size=preset.batch_size, seq_len=preset.seq_len, shuffle=False
     )
     result = train(model, batches, cfg, eval_batches=held, workdir=out)
+    if result.interrupted:
+        runs.finish_manifest(out, status="interrupted", interrupted_by=result.interrupted)
+        return None
 
     # final held-out perplexity on a larger, fixed slice of the held-out split
     n_final = min(preset.final_eval_batches, held.batches_per_epoch)
@@ -220,21 +245,42 @@ def run(preset_name: str, out: Path, seed: int, *, progress: bool = True) -> dic
         ),
         "nondeterministic_fields": list(WALL_CLOCK_METRICS),
     }
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".summary.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, out / "summary.json")
+    runs.atomic_write_json(out / "summary.json", summary, indent=2)
+    runs.finish_manifest(out, status="complete")
     return summary
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    ap.add_argument("--out", type=Path, default=Path("runs/lm_pretrain"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-progress", action="store_true")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="run size")
+    ap.add_argument("--out", default="runs/lm_pretrain", help="run directory (see module doc)")
+    ap.add_argument("--seed", type=int, default=0, help="model init and data order seed")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    runs.add_mode_arguments(ap)
     args = ap.parse_args(argv)
-    s = run(args.preset, args.out, args.seed, progress=not args.no_progress)
+    try:
+        out = runs.out_path(args.out)
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        s = run(
+            args.preset,
+            out,
+            args.seed,
+            progress=not args.no_progress,
+            mode=runs.mode_from_args(args),
+        )
+    except (ValueError, RuntimeError) as e:
+        ap.error(str(e))
+    if s is None:
+        print(
+            f"interrupted; checkpoint saved in {out}/checkpoints. Rerun the same command to "
+            "continue.",
+            file=sys.stderr,
+        )
+        raise SystemExit(runs.read_manifest(out)["interrupted_by"] + runs.PREEMPTED_EXIT_CODE)
     print(
         f"preset {s['preset']}: {s['num_params']:,} params, {s['steps']} steps "
         f"x {s['batch_size']} x {s['seq_len']} bytes"
