@@ -11,7 +11,9 @@ turns a loaded run directory into one :class:`ClaimResult` per claim with a verd
 * **not reproduced** — the data rule out the claim at α: for superiority / trend /
   dose-response, an effect as large as ``effect_of_interest`` is rejected (one-sided test of
   H0: effect ≥ effect_of_interest); for non-inferiority, inferiority beyond the margin is shown;
-  for equivalence, a difference beyond the margin is shown;
+  for equivalence, a difference beyond the margin is shown (either side, Bonferroni). A
+  reproduced effect that is also significantly smaller than ``effect_of_interest`` stays
+  *reproduced* (its direction holds) and the reason says it is smaller than claimed;
 * **inconclusive** — neither; the result carries the MDE at the observed variance and n, so the
   reader sees how large an effect this study could have detected;
 * **blocked** — a precondition (manipulation check) is not *reproduced*, so the outcome is not
@@ -300,7 +302,8 @@ def evaluate_claim(claim: Claim, jobs: Sequence[JobData]) -> ClaimResult:
         mde = stats.mde(sd, n, alpha=a, power=claim.power)
     elif claim.test == "equivalence":
         p_for = max(p(-claim.margin, "greater"), p(claim.margin, "less"))
-        p_against = min(p(claim.margin, "greater"), p(-claim.margin, "less"))
+        # a difference beyond the margin on either side: two one-sided tests, Bonferroni
+        p_against = min(1.0, 2 * min(p(claim.margin, "greater"), p(-claim.margin, "less")))
         # smallest margin that equivalence could be shown for when the true difference is 0
         mde = stats.mde(sd, n, alpha=a, power=(1 + claim.power) / 2)
     else:  # superiority, trend, dose-response
@@ -309,6 +312,11 @@ def evaluate_claim(claim: Claim, jobs: Sequence[JobData]) -> ClaimResult:
     lo, hi = stats.bootstrap_ci(d, level=1 - 2 * a, n_boot=claim.n_boot, seed=claim.seed)
     if p_for < a:
         verdict, reason = "reproduced", f"one-sided p = {p_for:.3g} < α = {a}"
+        if claim.test in ("superiority", "trend", "dose_response") and p_against < a:
+            reason += (
+                f"; but the effect is smaller than the effect of interest "
+                f"{_fmt(claim.effect_of_interest)} (p = {p_against:.3g})"
+            )
     elif p_against < a:
         verdict = "not reproduced"
         reason = f"the claimed effect is ruled out: p = {p_against:.3g} < α = {a}"

@@ -222,3 +222,16 @@ def test_callable_metric_and_one_sample_claim(tmp_path):
     assert r.verdict == "reproduced" and r.estimate == pytest.approx(
         np.mean([0.2 + 0.8 * np.exp(-2)] * 6) - 0.5
     )
+
+
+def test_a_small_but_real_effect_is_reproduced_and_flagged_as_smaller(tmp_path):
+    sp, out = _run(
+        tmp_path,
+        10,
+        [outcome_claim()],
+        {"base": 0.0, "treat": 0.02},
+        {"base": 0.2, "treat": 0.2},
+        0.002,
+    )
+    r = _verdicts(sp, out)["outcome"]
+    assert r.verdict == "reproduced" and "smaller than the effect of interest 0.05" in r.reason
