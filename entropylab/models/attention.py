@@ -2,13 +2,15 @@
 
 Logits, for query i (cache slot ``q_slot``), key slot j, query head h, key head h // G:
 
-    z_hij = c_hi · (q_hi · k_j) ,   c_hi = s_i / (√d · τ_h)
+    z_hij = c_hi · (q_hi · k_j) ,   c_hi = s_i / (√d · τ_hi)
     z_hij ← cap · tanh(z_hij / cap)               (optional soft-cap, Gemma-2 style)
     a_hij = softmax_j(z_hij)  over j ≤ q_slot_i with valid keys
     H_hi  = −Σ_j a_hij ln a_hij = ln Σ_j e^{z_hij − m} − Σ_j a_hij (z_hij − m)
 
-where ``s_i`` is the per-query Entropy-ABF logit scale (1 unless enabled), τ_h > 0 the learnable
-per-head softmax temperature of entropy-guided attention (1 unless enabled), and m the row max.
+where ``s_i`` is the per-query Entropy-ABF logit scale (1 unless enabled; it multiplies the
+logit, i.e. the query — keys are never scaled), τ_hi > 0 the learnable softmax temperature of
+entropy-guided attention (1 unless enabled; per head and query position, the paper's form, or
+per head only), and m the row max.
 Softmax and entropy are taken in float32 whatever the compute dtype; the entropy is
 ``entropylab.ops.attention_entropy(z, mask, from_logits=True)``. A row with no visible key (a
 padded query that sees only padding) gets uniform weights (a finite, meaningless output) and
@@ -21,7 +23,8 @@ Shapes: q ``[B, T, H, d]``; k, v ``[B, H_kv, S, d]`` (the KV-cache layout, so de
 transposes the cache); output ``[B, T, H, d]``; entropy ``[B, H, T]``.
 
 References: arXiv:1706.03762 (attention), arXiv:2305.13245 (GQA), arXiv:2501.03489 (learnable
-per-head temperature; entropy per head, Eq. 7), arXiv:2401.07004 (Entropy-ABF logit scale),
+temperature t ∈ R^{H×T} of its entropy-guided attention, whose logits are q·k / (t·√d_k);
+entropy per head, Eq. 7), arXiv:2401.07004 (Entropy-ABF logit scale),
 arXiv:2303.06296 (attention-entropy collapse).
 """
 
@@ -143,20 +146,34 @@ class Attention(nnx.Module):
         self.v_proj = Linear(cfg.d_model, (hkv, d), bias=cfg.qkv_bias, **kw)
         self.o_proj = OutLinear((h, d), cfg.d_model, **kw)
         if cfg.learnable_attn_temperature:
-            # τ_h = exp(log_τ_h) keeps the temperature positive under any update.
+            # τ = exp(log τ) keeps the temperature positive under any update. Shape [H, T_max]
+            # (per head and query position, arXiv:2501.03489) or [H] (per head).
             init = math.log(cfg.attn_temperature_init)
-            self.log_temperature = nnx.Param(jnp.full((h,), init, jnp.float32))
+            shape = (h, cfg.max_seq_len) if cfg.attn_temperature_form == "head_position" else (h,)
+            self.log_temperature = nnx.Param(jnp.full(shape, init, jnp.float32))
         else:
             self.log_temperature = None
         self.head_dim = d
         self.softcap = cfg.attn_logit_softcap
         self.query_block = cfg.attn_query_block
 
-    def temperature(self):
-        """Per-head softmax temperature τ ``[H]`` (ones when not learnable)."""
+    def temperature(self, positions=None):
+        """Softmax temperature τ, or None when not learnable.
+
+        Without ``positions``: the stored table, ``[H, T_max]`` (per head and position) or
+        ``[H]``. With ``positions`` ``[B, T]``: τ for those queries, ``[B, H, T]`` (``[1, H, 1]``
+        in the per-head form); a position outside ``[0, T_max)`` gets NaN.
+        """
         if self.log_temperature is None:
             return None
-        return jnp.exp(self.log_temperature[...].astype(jnp.float32))
+        tau = jnp.exp(self.log_temperature[...].astype(jnp.float32))
+        if positions is None:
+            return tau
+        if tau.ndim == 1:
+            return tau[None, :, None]
+        pos = jnp.asarray(positions, jnp.int32)
+        got = jnp.take(tau, pos, axis=1, mode="fill", fill_value=jnp.nan)  # [H, B, T]
+        return got.transpose(1, 0, 2)
 
     def project_kv(self, x, positions, freqs):
         """New keys/values ``[B, H_kv, T, d]`` (keys rotated) for x ``[B, T, D]``.
@@ -180,9 +197,9 @@ class Attention(nnx.Module):
         scale = jnp.full((1, 1, 1), 1.0 / math.sqrt(self.head_dim), jnp.float32)
         if q_scale is not None:
             scale = scale * q_scale[:, None, :].astype(jnp.float32)
-        tau = self.temperature()
+        tau = self.temperature(positions)
         if tau is not None:
-            scale = scale / tau[None, :, None]
+            scale = scale / tau
         out, ent = attend_causal(
             q,
             k,

@@ -12,9 +12,17 @@ Full-size HF shapes (GPU/TPU): ``llama2_7b``, ``llama3_8b``, ``llama31_8b``, ``q
 
 Derived fields (``n_kv_heads``, ``head_dim``, ``rope``) are resolved at construction, so
 ``dataclasses.replace(cfg, d_model=..., n_heads=...)`` keeps the old ones unless you pass
-``head_dim=None, n_kv_heads=None, rope=None`` to re-derive them. ``rope.max_position_embeddings``
-is the RoPE's original length L (dynamic / yarn / llama3 / entropy-ABF) and may differ from
-``max_seq_len``, the model's working context (context extension trains past L).
+``head_dim=None, n_kv_heads=None, rope=None`` to re-derive them.
+
+Context extension: ``max_seq_len`` is the model's working context; the RoPE's pre-extension
+length L_orig is a separate, explicit number. ``with_rope`` requires it
+(``original_max_position_embeddings=``) for the five length-dependent types (entropy_abf, yarn,
+llama3, dynamic, longrope) and raises ``ValueError`` without it — it is never inferred from
+``max_seq_len``, which would make e.g. Entropy-ABF's scale 1 at every position below the new
+length (plain ABF) without a word:
+
+    TransformerConfig.llama2_7b(max_seq_len=16384).with_rope(
+        "entropy_abf", original_max_position_embeddings=4096)
 
 References: arXiv:2302.13971 (Llama), arXiv:2407.21783 (Llama 3), arXiv:2407.10671 (Qwen2).
 """
@@ -22,6 +30,7 @@ References: arXiv:2302.13971 (Llama), arXiv:2407.21783 (Llama 3), arXiv:2407.106
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -30,6 +39,8 @@ from entropylab.models.layers import MLPS, NORMS
 from entropylab.models.rope import RopeConfig
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+# RoPE types whose formula depends on the pre-extension length (``with_rope`` requires it).
+NEEDS_ORIGINAL_LENGTH = ("entropy_abf", "yarn", "llama3", "dynamic", "longrope")
 
 
 def _dtype_name(x, field: str) -> str:
@@ -40,6 +51,17 @@ def _dtype_name(x, field: str) -> str:
     if name not in DTYPES:
         raise ValueError(f"{field} must be one of {DTYPES}, got {x!r}")
     return name
+
+
+ATTN_TEMPERATURE_FORMS = ("head_position", "head")
+
+
+def _finite(v) -> bool:
+    """A real (non-bool) Python/NumPy number that is neither NaN nor infinite."""
+    try:
+        return not isinstance(v, bool) and math.isfinite(float(v)) and float(v) == v
+    except (TypeError, ValueError):
+        return False
 
 
 def _pos_int(name, v):
@@ -53,9 +75,14 @@ class TransformerConfig:
 
     ``n_kv_heads`` (default ``n_heads``) sets GQA/MQA; ``head_dim`` defaults to
     ``d_model // n_heads``; ``rope`` defaults to ``RopeConfig(head_dim=head_dim,
-    max_position_embeddings=max_seq_len)``. ``learnable_attn_temperature`` adds a per-head
-    softmax temperature τ_h = exp(log τ_h) initialised at ``attn_temperature_init`` (logits are
-    divided by τ_h; arXiv:2501.03489 §3.4). ``attn_logit_softcap`` (None = off) applies
+    max_position_embeddings=max_seq_len)``. ``learnable_attn_temperature`` adds the learnable
+    softmax temperature of entropy-guided attention (arXiv:2501.03489, the "Entropy-Guided
+    Attention" mechanism): logits of head h, query position i are divided by t_{h,i} > 0, stored
+    as log t. ``attn_temperature_form="head_position"`` (default, the paper's form) learns
+    t ∈ R^{H×max_seq_len} per layer (indexed by the query's RoPE position; a position outside
+    [0, max_seq_len) gives NaN, never a silently reused value); ``"head"`` learns one t per head.
+    ``attn_temperature_init`` (default 1e-2, the paper's CodeParrot value; it uses 1e-1 for
+    Languini) is the initial t everywhere. ``attn_logit_softcap`` (None = off) applies
     cap·tanh(z/cap). ``attn_query_block`` (0 = off) splits the full forward's causal attention into
     query blocks that each read only the keys at or before their last query, skipping the fully
     masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights
@@ -78,7 +105,8 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     qkv_bias: bool = False
     learnable_attn_temperature: bool = False
-    attn_temperature_init: float = 1.0
+    attn_temperature_form: str = "head_position"
+    attn_temperature_init: float = 1e-2
     attn_logit_softcap: float | None = None
     attn_query_block: int = 64
     init_std: float = 0.02
@@ -116,21 +144,26 @@ class TransformerConfig:
             raise ValueError(
                 f"rope.head_dim ({self.rope.head_dim}) must equal head_dim ({self.head_dim})"
             )
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"init_std must be > 0, got {self.init_std!r}")
-        if not (
-            isinstance(self.attn_temperature_init, (int, float)) and self.attn_temperature_init > 0
-        ):
+        if not (_finite(self.norm_eps) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}")
+        if not (_finite(self.init_std) and self.init_std > 0):
+            raise ValueError(f"init_std must be a finite number > 0, got {self.init_std!r}")
+        if not (_finite(self.attn_temperature_init) and self.attn_temperature_init > 0):
             raise ValueError(
-                f"attn_temperature_init must be > 0, got {self.attn_temperature_init!r}"
+                f"attn_temperature_init must be a finite number > 0, "
+                f"got {self.attn_temperature_init!r}"
+            )
+        if self.attn_temperature_form not in ATTN_TEMPERATURE_FORMS:
+            raise ValueError(
+                f"attn_temperature_form must be one of {ATTN_TEMPERATURE_FORMS}, "
+                f"got {self.attn_temperature_form!r}"
             )
         if self.attn_logit_softcap is not None and not (
-            isinstance(self.attn_logit_softcap, (int, float)) and self.attn_logit_softcap > 0
+            _finite(self.attn_logit_softcap) and self.attn_logit_softcap > 0
         ):
             raise ValueError(
-                f"attn_logit_softcap must be None or > 0, got {self.attn_logit_softcap!r}"
+                f"attn_logit_softcap must be None or a finite number > 0, "
+                f"got {self.attn_logit_softcap!r}"
             )
         if not (isinstance(self.attn_query_block, int) and self.attn_query_block >= 0):
             raise ValueError(
@@ -150,19 +183,59 @@ class TransformerConfig:
         d, h, hkv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * hd * (2 * h + 2 * hkv) + (hd * (h + 2 * hkv) if self.qkv_bias else 0)
         if self.learnable_attn_temperature:
-            attn += h
+            attn += h * (self.max_seq_len if self.attn_temperature_form == "head_position" else 1)
         mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
         norm = {"rmsnorm": d, "layernorm": 2 * d, "none": 0}[self.norm]
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * (attn + mlp + 2 * norm) + norm + emb
 
-    def with_rope(self, rope_type: str = "default", *, base: float | None = None, **params):
-        """Copy with a new RoPE (``rope_type`` + HF ``rope_scaling`` keys as ``params``)."""
+    def with_rope(
+        self,
+        rope_type: str = "default",
+        *,
+        base: float | None = None,
+        original_max_position_embeddings: int | None = None,
+        **params,
+    ):
+        """Copy with a new RoPE (``rope_type`` + HF ``rope_scaling`` keys as ``params``).
+
+        ``original_max_position_embeddings`` (L_orig, the pre-extension length) is required for
+        the length-dependent types ``entropy_abf``, ``yarn``, ``llama3``, ``dynamic`` and
+        ``longrope`` (``ValueError`` when missing: it is never taken from ``max_seq_len``) and
+        rejected for the others, which do not use it. For ``dynamic`` it becomes the RoPE's
+        ``max_position_embeddings`` (HF's L for that type); for the other four it is passed as
+        the HF key of the same name, with ``max_position_embeddings = max_seq_len``.
+        """
+        orig = original_max_position_embeddings
+        if orig is None:
+            orig = params.pop("original_max_position_embeddings", None)
+        elif "original_max_position_embeddings" in params:
+            raise ValueError("original_max_position_embeddings given twice")
+        max_pos = self.max_seq_len
+        if rope_type in NEEDS_ORIGINAL_LENGTH:
+            if orig is None:
+                raise ValueError(
+                    f"with_rope({rope_type!r}) needs original_max_position_embeddings (the "
+                    f"pre-extension length); it is not inferred from max_seq_len "
+                    f"({self.max_seq_len})"
+                )
+            if not isinstance(orig, int) or isinstance(orig, bool) or orig <= 1:
+                raise ValueError(
+                    f"original_max_position_embeddings must be an int > 1, got {orig!r}"
+                )
+            if rope_type == "dynamic":
+                max_pos = orig
+            else:
+                params["original_max_position_embeddings"] = orig
+        elif orig is not None:
+            raise ValueError(
+                f"original_max_position_embeddings is not used by rope_type {rope_type!r}"
+            )
         rope = RopeConfig(
             head_dim=self.head_dim,
             rope_type=rope_type,
             base=self.rope.base if base is None else base,
-            max_position_embeddings=self.max_seq_len,
+            max_position_embeddings=max_pos,
             params=params,
         )
         return dataclasses.replace(self, rope=rope)

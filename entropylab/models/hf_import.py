@@ -15,9 +15,15 @@ Weight mapping (HF ``nn.Linear`` stores ``[out, in]``; ours are ``[in, …out]``
 
 RoPE: ``rope_scaling`` / ``rope_parameters`` (v4 / v5 names) via
 :func:`entropylab.models.rope.rope_config_from_hf`; q/k use HF's "rotate_half" (halves) layout,
-so no permutation of q/k rows is needed. Unsupported features (``attention_bias`` on Llama,
-which also biases ``o_proj``; ``mlp_bias``; activations other than SiLU; Qwen2 sliding window)
-raise ``ValueError`` instead of importing a different model.
+so no permutation of q/k rows is needed. Entropy-ABF checkpoints (``rope_scaling = {"type":
+"eabf", "factor": 4.0}``, e.g. the GAIR-NLP/Entropy-ABF fine-tunes of LLaMA-2-7B-Chat) load as
+their authors run them: base 500,000, the per-position logit scale max(1, ln i / ln 4096) in
+*every* layer (the released loader's layer-0/1 exemption never takes effect);
+``eabf_layer_skip=True`` gives the paper's variant (layers 0 and 1 unscaled).
+
+Unsupported features (``attention_bias`` on Llama, which also biases ``o_proj``; ``mlp_bias``;
+activations other than SiLU; Qwen2 sliding window) raise ``ValueError`` instead of importing a
+different model.
 
 References: arXiv:2302.13971 (Llama), arXiv:2407.10671 (Qwen2); HF ``modeling_llama.py``.
 """
@@ -40,8 +46,16 @@ from entropylab.models.transformer import Transformer
 SUPPORTED = ("llama", "qwen2")
 
 
-def config_from_hf(hf: dict, *, dtype=None, param_dtype="float32") -> TransformerConfig:
-    """Map an HF ``config.json`` dict (Llama / Qwen2) to a :class:`TransformerConfig`."""
+def config_from_hf(
+    hf: dict, *, dtype=None, param_dtype="float32", eabf_layer_skip: bool = False
+) -> TransformerConfig:
+    """Map an HF ``config.json`` dict (Llama / Qwen2) to a :class:`TransformerConfig`.
+
+    ``eabf_layer_skip`` only matters for an ``"eabf"`` rope type: False (default) scales every
+    layer, as the authors' released code runs their checkpoints; True exempts layers 0 and 1, as
+    the paper (arXiv:2401.07004 §3.2) describes. See
+    :func:`entropylab.models.rope.rope_config_from_hf`.
+    """
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
         raise ValueError(f"model_type must be one of {SUPPORTED}, got {model_type!r}")
@@ -67,7 +81,10 @@ def config_from_hf(hf: dict, *, dtype=None, param_dtype="float32") -> Transforme
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or d_model // n_heads
     max_len = hf.get("max_position_embeddings") or 2048
-    rope = rope_config_from_hf({**hf, "head_dim": head_dim, "max_position_embeddings": max_len})
+    rope = rope_config_from_hf(
+        {**hf, "head_dim": head_dim, "max_position_embeddings": max_len},
+        eabf_layer_skip=eabf_layer_skip,
+    )
     if dtype is None:
         dtype = param_dtype
     return TransformerConfig(
@@ -188,7 +205,7 @@ def _map_weights(w: dict[str, np.ndarray], cfg: TransformerConfig) -> dict:
     return params
 
 
-def load_hf_checkpoint(path, *, dtype=None, param_dtype="float32"):
+def load_hf_checkpoint(path, *, dtype=None, param_dtype="float32", eabf_layer_skip=False):
     """Read an HF Llama / Qwen2 directory and return ``(TransformerConfig, Transformer)``.
 
     Args:
@@ -196,6 +213,8 @@ def load_hf_checkpoint(path, *, dtype=None, param_dtype="float32"):
         ``model.safetensors.index.json``).
       dtype: compute dtype (default: ``param_dtype``).
       param_dtype: parameter dtype (default float32; weights are upcast then cast).
+      eabf_layer_skip: for an ``"eabf"`` (Entropy-ABF) checkpoint, False (default) scales every
+        layer as the authors' code runs it; True gives the paper's layer-0/1 exemption.
     Raises:
       FileNotFoundError: missing directory, ``config.json`` or weight files.
       ValueError: malformed JSON, unsupported architecture/features, corrupt safetensors,
@@ -213,7 +232,7 @@ def load_hf_checkpoint(path, *, dtype=None, param_dtype="float32"):
         raise ValueError(f"{cfg_file}: invalid JSON ({e})") from e
     if not isinstance(hf, dict):
         raise ValueError(f"{cfg_file}: expected a JSON object")
-    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype)
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, eabf_layer_skip=eabf_layer_skip)
     params = _map_weights(_read_tensors(path), cfg)
 
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))

@@ -1,10 +1,21 @@
 """Rotary position embeddings (RoPE) and their context-extension scalings, as pure jnp functions.
 
-Every scaling maps a config to ``(inv_freq [rot_dim // 2], attention_factor)`` with the names and
-semantics of Hugging Face ``transformers.modeling_rope_utils`` (``rope_type`` and the
-``rope_scaling`` / ``rope_parameters`` keys), so an HF dict maps over unchanged:
+Every scaling maps a config to ``(inv_freq [rot_dim // 2], attention_factor)``. The types that
+Hugging Face ``transformers.modeling_rope_utils`` also has (``default``, ``linear``, ``dynamic``,
+``yarn``, ``longrope``, ``llama3``) use HF's names, keys (``rope_scaling`` / ``rope_parameters``)
+and semantics, so such an HF dict maps over unchanged:
 
     rope_frequencies(d.pop("rope_type"), head_dim=..., base=rope_theta, **d)
+
+``ntk``, ``abf`` and ``entropy_abf`` are entropylab's own names (not HF types): ``ntk`` is the
+static NTK-aware rule of older transformers releases (since removed there), ``abf`` and
+``entropy_abf`` come from the papers below; the GAIR-NLP/Entropy-ABF patch calls its type
+``"eabf"``, which :func:`rope_config_from_hf` maps to ``entropy_abf``.
+
+Not supported (``ValueError``, never a silent fallback): HF's ``proportional`` type (Gemma-4:
+zero frequencies for the non-rotated part and exponents over the full head_dim) and
+per-layer-type (nested) ``rope_parameters``. transformers 5.24's ``ROPE_INIT_FUNCTIONS`` holds
+linear, dynamic, yarn, longrope, llama3 and proportional.
 
 Base frequencies θ_i = b^(−2i/d), i = 0 … d/2 − 1, with d = rot_dim = int(head_dim ·
 partial_rotary_factor) and wavelength λ_i = 2π/θ_i. Types:
@@ -25,9 +36,20 @@ partial_rotary_factor) and wavelength λ_i = 2π/θ_i. Types:
 * ``llama3``      keep θ_i if λ_i < L_orig/high, θ_i/factor if λ_i > L_orig/low, smooth between.
 * ``abf``         adjusted base frequency: θ_i from ``abf_base`` (default 500,000) instead of b.
 * ``entropy_abf`` ``abf`` + a per-query-position attention-logit scale (see
-                  :func:`attention_logit_scale`), t(ℓ, i) = max(1, ln i / ln L_orig) for layers
-                  ℓ ≥ 2, t = 1 in layers 0 and 1 (paper). The released code's layer skip does not
-                  take effect (it scales every layer): ``entropy_abf_layer_skip=False``.
+                  :func:`attention_logit_scale`), t(ℓ, i) = max(1, ln i / ln L_orig) with
+                  L_orig = ``original_max_position_embeddings`` (required: never inferred from
+                  the model length). The paper exempts layers 0 and 1
+                  (``entropy_abf_layer_skip=True``, the default here); the authors' released
+                  loader does not (every layer scaled, ``entropy_abf_layer_skip=False``, what
+                  :func:`rope_config_from_hf` gives for an ``"eabf"`` checkpoint config).
+
+L_orig for yarn / longrope / llama3 falls back to ``max_position_embeddings`` when
+``original_max_position_embeddings`` is absent (HF's rule); ``TransformerConfig.with_rope``
+does not allow that fallback (it would silently equate the pre-extension length with the
+extended one) and requires the original length for all five length-dependent types.
+
+Every number must be finite: a NaN or infinite ``base``, ``factor`` or other parameter raises
+``ValueError`` naming it.
 
 The rotary module multiplies cos and sin by ``attention_factor`` (so q·k is scaled by its square),
 exactly as HF does; see :func:`apply_rope`.
@@ -92,8 +114,16 @@ def rope_types() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+# HF rope types that entropylab does not implement (module docstring).
+UNSUPPORTED_HF_ROPE_TYPES = ("proportional",)
+
+
 def get_rope_type(name: str) -> RopeScaling:
     """The registered :class:`RopeScaling` named ``name`` (``ValueError`` listing allowed names)."""
+    if name in UNSUPPORTED_HF_ROPE_TYPES and name not in _REGISTRY:
+        raise ValueError(
+            f"rope_type {name!r} (Hugging Face) is not supported; supported: {sorted(_REGISTRY)}"
+        )
     if name not in _REGISTRY:
         raise ValueError(f"rope_type must be one of {sorted(_REGISTRY)}, got {name!r}")
     return _REGISTRY[name]
@@ -123,9 +153,21 @@ def _freeze(v):
     return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
+def _check_finite(name: str, v) -> None:
+    """``ValueError`` naming ``name`` if a number (or any entry of a list) is NaN or infinite."""
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            _check_finite(name, x)
+    elif isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+
+
 def _resolve(rope_type: str, head_dim: int, base, max_position_embeddings, params: Mapping):
     """Validate ``params`` for ``rope_type``; return (spec, rot_dim, resolved params)."""
     spec = get_rope_type(rope_type)
+    _check_finite("base (rope_theta)", base)
+    for k, v in params.items():
+        _check_finite(k, _freeze(v))
     allowed = set(spec.required) | set(spec.defaults) | set(_COMMON_DEFAULTS)
     unknown = sorted(set(params) - allowed)
     if unknown:
@@ -368,9 +410,9 @@ register_rope_type("abf", _abf, defaults=_ABF_DEFAULTS, check=_check_abf)
 register_rope_type(
     "entropy_abf",
     _abf,
+    required=("original_max_position_embeddings",),
     defaults={
         **_ABF_DEFAULTS,
-        "original_max_position_embeddings": None,
         "entropy_abf_layer_skip": True,
         "entropy_abf_num_skip_layers": 2,
     },
@@ -397,7 +439,8 @@ def rope_frequencies(
       head_dim: per-head dimension.
       base: ``rope_theta``.
       max_position_embeddings: the model's length (``dynamic``'s L; fallback for
-        ``original_max_position_embeddings`` of yarn/longrope/llama3/entropy_abf, as HF does).
+        ``original_max_position_embeddings`` of yarn/longrope/llama3, as HF does; entropy_abf
+        requires ``original_max_position_embeddings`` and never falls back).
       seq_len: current length ``max(position_ids) + 1`` for ``dynamic`` / ``longrope`` (int or a
         traced scalar); None means "at init" (HF: no scaling for dynamic, short factors).
       **params: the HF ``rope_scaling`` keys (``factor``, ``beta_fast`` …).
@@ -458,24 +501,42 @@ class RopeConfig:
         )
 
 
-_HF_TYPE_ALIASES = {"eabf": "entropy_abf"}  # the GAIR-NLP/Entropy-ABF patch's name
+# The GAIR-NLP/Entropy-ABF patch's type name, and the pre-extension length its scale hard-codes
+# (``patch/EABF.py``: ``log(position_ids + 1) / log(4096)``, LLaMA-2's pretraining window).
+_HF_TYPE_ALIASES = {"eabf": "entropy_abf"}
+EABF_RELEASED_ORIGINAL_LENGTH = 4096
 
 
-def rope_config_from_hf(config: Mapping[str, Any]) -> RopeConfig:
+def rope_config_from_hf(config: Mapping[str, Any], *, eabf_layer_skip: bool = False) -> RopeConfig:
     """Parse a Hugging Face ``config.json`` dict into a :class:`RopeConfig`.
 
     Reads ``rope_parameters`` (transformers v5) or ``rope_scaling`` (v4; ``type`` or
     ``rope_type``), ``rope_theta`` (inside the dict or at the top level, default 10,000),
     ``partial_rotary_factor``, ``head_dim`` (else ``hidden_size // num_attention_heads``) and
     ``max_position_embeddings``. A top-level ``original_max_position_embeddings`` (Phi-3) takes
-    priority for yarn/longrope/llama3, as in HF. Per-layer-type (nested) parameters are not
-    supported and raise ``ValueError``.
+    priority for yarn/longrope/llama3, as in HF. Per-layer-type (nested) parameters and HF's
+    ``proportional`` type are not supported and raise ``ValueError``.
+
+    Entropy-ABF checkpoints (``{"type": "eabf", "factor": 4.0}``, GAIR-NLP/Entropy-ABF
+    ``patch/EABF.py`` @14af289) load as the authors run them: base 500,000, every layer scaled
+    (the released ``apply_eabf`` sets an instance attribute that the attention forward never
+    reads, so layers 0 and 1 are scaled too) and L_orig = 4096 (hard-coded there) unless the
+    config gives ``original_max_position_embeddings``. ``eabf_layer_skip=True`` gives the
+    paper's variant instead (layers 0 and 1 unscaled, arXiv:2401.07004 §3.2).
     """
+    if not isinstance(eabf_layer_skip, bool):
+        raise ValueError(f"eabf_layer_skip must be a bool, got {eabf_layer_skip!r}")
     rp = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     if any(isinstance(v, Mapping) for v in rp.values()):
         raise ValueError("per-layer-type (nested) rope_parameters are not supported")
     rope_type = rp.pop("rope_type", None) or rp.pop("type", None) or "default"
     rp.pop("type", None)
+    if rope_type == "eabf":
+        orig = rp.get("original_max_position_embeddings") or config.get(
+            "original_max_position_embeddings"
+        )
+        rp["original_max_position_embeddings"] = orig or EABF_RELEASED_ORIGINAL_LENGTH
+        rp.setdefault("entropy_abf_layer_skip", eabf_layer_skip)
     rope_type = _HF_TYPE_ALIASES.get(rope_type, rope_type)
     base = rp.pop("rope_theta", None) or config.get("rope_theta") or 10_000.0
     if "partial_rotary_factor" not in rp and config.get("partial_rotary_factor") is not None:
@@ -510,9 +571,9 @@ def attention_logit_scale(rope_cfg: RopeConfig | None, positions, layer_idx):
         t(ℓ, i) = 1                              if layer_skip and ℓ < num_skip_layers (paper: 2)
                 = max(1, ln i / ln L_orig)       otherwise,   i = position + 1 (1-based)
 
-    The attention multiplies q·k (equivalently the rotated query) by t: logits[b, h, i, j] ·
-    t[b, i]. L_orig = ``original_max_position_embeddings`` (4096 for LLaMA-2; like HF's yarn it
-    falls back to ``max_position_embeddings``, so set it when the latter is the extended length).
+    The attention multiplies q·k (equivalently the rotated query; keys are never scaled) by t:
+    logits[b, h, i, j] · t[b, i]. L_orig = ``original_max_position_embeddings``, the
+    pre-extension length (4096 for LLaMA-2), a required parameter of ``entropy_abf``.
 
     Args:
       rope_cfg: a :class:`RopeConfig`; types other than ``entropy_abf`` return None.
@@ -523,10 +584,13 @@ def attention_logit_scale(rope_cfg: RopeConfig | None, positions, layer_idx):
       ``[..., T]`` float scale, or None.
 
     Choice: the paper exempts layers 0 and 1 (default ``entropy_abf_layer_skip=True``); in the
-    released code (GAIR-NLP/Entropy-ABF ``patch/EABF.py``) the exemption does not take effect and
-    every layer is scaled: ``entropy_abf_layer_skip=False``.
+    released code (GAIR-NLP/Entropy-ABF ``patch/EABF.py`` @14af289) the exemption does not take
+    effect and every layer is scaled: ``entropy_abf_layer_skip=False`` (what an ``"eabf"`` HF
+    config loads as). The released code also computes t in the query's dtype (bf16/fp16 there);
+    here it is float32 (float64 under x64).
 
-    References: arXiv:2401.07004 (§3.2).
+    References: arXiv:2401.07004 (§3.2); checked against GAIR-NLP/Entropy-ABF ``patch/EABF.py``
+    (``apply_rotary_pos_emb_scale``) @14af289d3bc5d668f65655a6b35288e564c13c38.
     """
     if rope_cfg is None or rope_cfg.rope_type != "entropy_abf":
         return None

@@ -15,7 +15,8 @@ from entropylab.models import Transformer, TransformerConfig, forward
 ROPES = {
     "default": ("default", {}),
     "linear": ("linear", {"factor": 2.0}),
-    "dynamic": ("dynamic", {"factor": 2.0}),  # T = 24 > L = 16 exercises the NTK rescale
+    # T = 24 > L = 16 exercises the NTK rescale (with_rope needs L explicitly)
+    "dynamic": ("dynamic", {"factor": 2.0, "original_max_position_embeddings": 16}),
     "yarn": ("yarn", {"factor": 4.0, "original_max_position_embeddings": 8}),
     "llama3": (
         "llama3",

@@ -621,10 +621,44 @@ def dataclasses_frozen_error():
             "short_factor must be a list of length rot_dim // 2 = 8",
         ),
         (dict(rope_type="entropy_abf", factor=4.0), "original_max_position_embeddings"),
+        # entropy_abf never falls back to max_position_embeddings (issue 17)
         (
-            dict(rope_type="entropy_abf", max_position_embeddings=64, entropy_abf_layer_skip=1),
+            dict(rope_type="entropy_abf", max_position_embeddings=16384),
+            "requires parameter.*original_max_position_embeddings",
+        ),
+        (
+            dict(
+                rope_type="entropy_abf",
+                original_max_position_embeddings=64,
+                entropy_abf_layer_skip=1,
+            ),
             "entropy_abf_layer_skip",
         ),
+        # non-finite numbers are rejected, naming the field (issue 12)
+        (dict(rope_type="linear", factor=float("nan")), "factor must be finite"),
+        (dict(rope_type="linear", factor=float("inf")), "factor must be finite"),
+        (dict(rope_type="default", base=float("nan")), "base .*must be finite"),
+        (dict(rope_type="default", base=float("inf")), "base .*must be finite"),
+        (dict(rope_type="abf", abf_base=float("inf")), "abf_base must be finite"),
+        (
+            dict(
+                rope_type="yarn",
+                factor=2.0,
+                original_max_position_embeddings=64,
+                attention_factor=float("nan"),
+            ),
+            "attention_factor must be finite",
+        ),
+        (
+            dict(
+                rope_type="longrope",
+                short_factor=[1.0] * 7 + [float("inf")],
+                long_factor=[1.0] * 8,
+                max_position_embeddings=64,
+            ),
+            "short_factor must be finite",
+        ),
+        (dict(rope_type="proportional"), "'proportional' .*not supported"),
     ],
 )
 def test_bad_configs_raise(kwargs, match):

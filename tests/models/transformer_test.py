@@ -144,7 +144,13 @@ def test_left_padding_with_positions_equals_unpadded(model):
 
 
 def test_per_head_temperature_moves_entropy():
-    cfg = TransformerConfig.smoke(vocab_size=64, learnable_attn_temperature=True, init_std=0.3)
+    cfg = TransformerConfig.smoke(
+        vocab_size=64,
+        learnable_attn_temperature=True,
+        attn_temperature_form="head",
+        attn_temperature_init=1.0,
+        init_std=0.3,
+    )
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens = _randint(3, (2, 12), 64)
     f = jax.jit(lambda m, x: m(x, return_attn_entropy=True)[1]["attn_entropy"])
@@ -184,8 +190,10 @@ def test_variants_run_with_finite_grads(norm, mlp, extra):
         assert model.lm_head is None
         np.testing.assert_array_equal(model.unembedding(), model.embed.embedding[...].T)
     if extra.get("learnable_attn_temperature"):  # a trainable parameter with a real gradient
+        # per head and query position: only the 6 positions seen get a gradient
         gt = np.asarray(g["blocks"][0]["attn"]["log_temperature"][...])
-        assert gt.shape == (cfg.n_heads,) and np.abs(gt).max() > 0
+        assert gt.shape == (cfg.n_heads, cfg.max_seq_len)
+        assert np.all(np.abs(gt[:, :6]).max(axis=1) > 0) and np.all(gt[:, 6:] == 0)
 
 
 def test_bf16_compute_is_finite_and_close():
