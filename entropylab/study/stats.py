@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 ALTERNATIVES = ("greater", "less")
+_CHUNK = 1 << 22  # elements of the [studies, sign patterns] array processed at once
 
 
 # ---------------------------------------------------------------- distributions (no SciPy)
@@ -164,11 +165,16 @@ def sign_flip_pvalue(
     if alternative == "less":
         x = -x
     n = x.shape[-1]
-    signs = _sign_patterns(n, exact_max_n, n_perm, seed)  # [P, n]
-    stats = x @ signs.T / n  # [..., P]
-    observed = stats[..., :1]
-    tol = 1e-12 * np.maximum(1.0, np.abs(observed))
-    return np.mean(stats >= observed - tol, axis=-1)
+    signs = _sign_patterns(n, exact_max_n, n_perm, seed).T / n  # [n, P]
+    flat = x.reshape(-1, n)
+    out = np.empty(flat.shape[0])
+    rows = max(1, _CHUNK // signs.shape[1])  # bound the [rows, P] working array
+    for i in range(0, flat.shape[0], rows):
+        means = flat[i : i + rows] @ signs  # [rows, P]; column 0 is the observed mean
+        observed = means[:, :1]
+        tol = 1e-12 * np.maximum(1.0, np.abs(observed))
+        out[i : i + rows] = np.mean(means >= observed - tol, axis=-1)
+    return out.reshape(x.shape[:-1])
 
 
 def bootstrap_means(d, *, n_boot: int = 10000, seed: int = 0) -> np.ndarray:

@@ -164,3 +164,25 @@ def test_plan_predicts_from_logged_step_times(tmp_path):
     assert max(plan["per_shard_s"]) <= 30.0
     assert "--shard 3/3" in format_plan(plan)
     assert not (tmp_path / "run").exists()  # calibration ran in a temp directory
+
+
+def test_command_line_run_status_analyse(tmp_path, capsys):
+    from entropylab.study import main
+
+    from .synthetic import outcome_claim
+
+    sp = spec(6, claims=[outcome_claim()])
+    job = planted_job(OUTCOME, ENTROPY, 0.01)
+    out = str(tmp_path / "run")
+    assert main(sp, job, ["run", "--out", out, "--shard", "1/2", "--quiet"]) == 0
+    assert "6 to do" in capsys.readouterr().out
+    main(sp, job, ["status", "--out", out])
+    assert len(json.loads(capsys.readouterr().out)["todo"]) == 6
+    main(sp, job, ["run", "--out", out, "--shard", "2/2", "--quiet"])
+    capsys.readouterr()
+    main(sp, job, ["analyse", "--out", out, "--no-plots", "--compress"])
+    assert capsys.readouterr().out.strip() == "outcome: reproduced"
+    assert not list((tmp_path / "run").rglob("*.jsonl"))  # all logs gzipped
+    assert len(list((tmp_path / "run").rglob("metrics.jsonl.gz"))) == 12
+    with pytest.raises(SystemExit):
+        main(sp, job, ["run", "--out", out, "--shard", "3/2"])

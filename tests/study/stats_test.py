@@ -113,3 +113,11 @@ def test_ols_slope_and_holm():
         stats.ols_slope(np.ones(3), np.arange(3.0))
     # Holm: sorted p (0.01, 0.02, 0.04) x (3, 2, 1) -> 0.03, 0.04, 0.04 (monotone)
     np.testing.assert_allclose(stats.holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])
+
+
+def test_chunked_batches_equal_one_pass(monkeypatch):
+    d = np.random.default_rng(9).normal(0.2, 1.0, size=(2, 5, 7))
+    whole = stats.sign_flip_pvalue(d)
+    monkeypatch.setattr(stats, "_CHUNK", 300)  # 2 rows of 128 patterns per chunk
+    np.testing.assert_array_equal(stats.sign_flip_pvalue(d), whole)
+    assert whole.shape == (2, 5)
