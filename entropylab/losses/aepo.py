@@ -19,13 +19,17 @@ Paper vs released code (``597358816/AEPO``, EasyR1 fork):
   is > 0.05, sets their advantage to +1, and swaps the first ``S`` of them into the PPO-clip
   batch (``S = min(60, |Pos|)`` if ``H ≤ H*`` else half that). α is then the token share of the
   swapped samples (≈ 2.3% with the defaults). :func:`aepo_select_reinforce_samples` is that
-  selection rule; ``pooled=True`` in :func:`aepo_loss` aggregates both sets of tokens together
-  as the code does; ``reinforce_estimator="ppo_clip"`` uses the code's PPO-clip surrogate (ratio
-  to the recomputed old log-probs) instead of the paper's plain REINFORCE ``−R·log π``.
+  selection rule; ``pooled=True`` in :func:`aepo_loss` builds the code's training batch
+  ``Pos[:S] ++ B[S:]`` (it drops the first ``S`` GRPO rows itself) and aggregates it as one
+  batch; ``reinforce_estimator="ppo_clip"`` uses the code's PPO-clip surrogate (ratio to the
+  recomputed old log-probs) instead of the paper's plain REINFORCE ``−R·log π``.
 * The entropy signal in the code is ``−mean log π(sampled token)`` of the previous update's
   batch (:func:`aepo_entropy_estimate`), not the full-vocabulary entropy.
 
-References: arXiv:2510.08141.
+References: arXiv:2510.08141; released code ``597358816/AEPO`` @ b353a05 (2026-01-19):
+``verl/trainer/ray_trainer.py`` (the ``AEPO`` branch of ``fit``, ``_select_by_advantage``),
+``verl/trainer/core_algos.py`` (``compute_policy_loss``), ``verl/workers/actor/dp_actor.py``
+(the ``actor/entropy_loss`` metric), ``examples/qwen-math-7b-AEPO.sh``.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def aepo_temperature(
     Defaults: ``T_high = 1.2``, ``T_low = 0.8`` (code); the paper's best target is H* = 0.75, the
     script's default 0.5.
 
-    References: arXiv:2510.08141 (Eq. for T; ``ray_trainer.py`` of the release).
+    References: arXiv:2510.08141 (Eq. for T); checked against the ``AEPO`` branch of ``fit`` in
+    ``597358816/AEPO`` @ b353a05 ``verl/trainer/ray_trainer.py``.
     """
     if not temperature_high > 0 or not temperature_low > 0:
         raise ValueError(
@@ -82,6 +87,9 @@ def aepo_entropy_estimate(logp, mask, *, axis_name=None) -> jax.Array:
 
     Shapes: ``logp``, ``mask`` ``[B, T]`` → scalar (global over ``axis_name``); 0 for an empty
     mask. Stop-gradient: it is a control signal, not a loss.
+
+    Released code: ``actor/entropy_loss`` of ``597358816/AEPO`` @ b353a05
+    ``verl/workers/actor/dp_actor.py`` (read from the previous update's metrics).
     """
     return jax.lax.stop_gradient(-masked_mean(logp, mask, axis_name=axis_name))
 
@@ -108,6 +116,9 @@ def aepo_select_reinforce_samples(
     Returns:
       ``(keep [B] bool, S int32 scalar)``. Operates on the batch it is given (call it on the
       gathered rollout batch; the order "first S" is a property of that batch).
+
+    Checked against ``_select_by_advantage(batch_bak, threshold=0.05, absolute=False)`` and the
+    ``sample_num`` rule in ``597358816/AEPO`` @ b353a05 ``verl/trainer/ray_trainer.py``.
     """
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0, got {max_samples}")
@@ -145,6 +156,10 @@ def aepo_reinforce_loss(
 
     Shapes: ``logp``, ``mask`` ``[B, T]``; ``rewards`` ``[B]`` (broadcast over tokens) or
     ``[B, T]``. Returns ``(loss, metrics)``.
+
+    Released code: the REINFORCE samples go through ``compute_policy_loss`` of
+    ``597358816/AEPO`` @ b353a05 ``verl/trainer/core_algos.py`` with advantage +1
+    (``estimator="ppo_clip"``); the plain ``"reinforce"`` form is the paper's (no code).
     """
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
@@ -186,6 +201,7 @@ def aepo_loss(
     temp_old_logp=None,
     reinforce_coef: float = 1.0,
     pooled: bool = False,
+    replace_grpo_rows: bool = True,
     reinforce_estimator: str = "reinforce",
     clip_ratio_low: float = 0.2,
     clip_ratio_high: float | None = None,
@@ -201,9 +217,22 @@ def aepo_loss(
 
         L = agg(ℓ_PPO(logp, old_logp, A)) + α · agg(−R · log π_θ^{temp})
 
-    ``pooled=True`` (code): the per-token PPO losses and the REINFORCE losses (weight α) are
-    aggregated as one batch (concatenated on the batch axis), so the REINFORCE share is the
-    token share of the temperature samples (α = 1 reproduces the release).
+    ``pooled=True`` (code): the release trains on ``Pos[:S] ++ B[S:]``: the S REINFORCE samples
+    *replace* the first S rows of the GRPO batch. Here S is the number of rows of the
+    temperature batch with at least one valid token in ``temp_mask`` (global with
+    ``axis_name``), and with ``replace_grpo_rows=True`` (default) the first S rows of the GRPO
+    batch (global order: device index, then row) are dropped from the loss. The per-token PPO
+    losses of the remaining rows and the REINFORCE losses (weight α) are then aggregated as one
+    batch, so the REINFORCE share is the token share of the temperature samples.
+
+    To reproduce the release exactly: pass as ``temp_mask`` only the kept samples
+    (``temp_mask & keep[:, None]`` with ``keep`` from :func:`aepo_select_reinforce_samples`),
+    ``temp_rewards = 1``, ``reinforce_estimator="ppo_clip"`` with ``temp_old_logp``,
+    ``reinforce_coef=1`` and ``loss_agg_mode="token-mean"``; the GRPO batch in rollout order.
+    Then the loss equals the release's PPO-clip token mean over the mixed batch
+    (``597358816/AEPO`` @ b353a05: ``DataProto.concat([entropy_controller[:sample_num],
+    batch[sample_num:]])`` in ``ray_trainer.py``, ``compute_policy_loss`` in ``core_algos.py``).
+    ``replace_grpo_rows=False`` adds the samples instead of swapping them.
 
     Shapes: ``logp, old_logp, advantages, mask`` ``[B, T]``; ``temp_logp``, ``temp_mask``
     ``[B', T]``; ``temp_rewards`` ``[B']`` or ``[B', T]`` (e.g. +1 on the samples kept by
@@ -240,6 +269,18 @@ def aepo_loss(
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
     )
+    main_mask = jnp.asarray(mask) != 0
+    n_replaced = jnp.zeros((), jnp.int32)
+    if pooled and replace_grpo_rows:
+        # The release's `Pos[:S] ++ B[S:]`: the S REINFORCE rows take the first S GRPO rows' place.
+        rows_t = jnp.any(jnp.asarray(temp_mask) != 0, axis=-1).astype(jnp.int32)
+        n_replaced = jnp.sum(rows_t)
+        row = jnp.arange(logp.shape[0])
+        if axis_name is not None:
+            n_replaced = jax.lax.psum(n_replaced, axis_name)
+            row = row + jax.lax.axis_index(axis_name) * logp.shape[0]
+        main_mask = main_mask & (row >= n_replaced)[:, None]
+    mask = main_mask
     if pooled:
         # Per-token REINFORCE losses, aggregated together with the PPO tokens.
         r = jnp.asarray(temp_rewards, dtype=temp_logp.dtype)
@@ -305,6 +346,7 @@ def aepo_loss(
         "aepo/reinforce_token_share": jnp.where(
             n_main + n_temp > 0, n_temp / jnp.maximum(n_main + n_temp, 1.0), 0.0
         ),
+        "aepo/replaced_rows": n_replaced.astype(pg_loss.dtype),
         "aepo/entropy_estimate": aepo_entropy_estimate(
             jnp.concatenate([logp, temp_logp], 0),
             jnp.concatenate([jnp.asarray(mask) != 0, jnp.asarray(temp_mask) != 0], 0),

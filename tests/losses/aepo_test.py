@@ -1,4 +1,11 @@
-"""Tests for AEPO (arbitrary entropy): temperature switch, sample choice, REINFORCE term, loss."""
+"""Tests for AEPO (arbitrary entropy): temperature switch, sample choice, REINFORCE term, loss.
+
+Independent references: hand-worked numbers, NumPy float64 formulas written from the paper, and
+``rel_*`` ports of the released code, ``597358816/AEPO`` @ b353a05: ``_select_by_advantage``
+and the ``AEPO`` branch of ``RayPPOTrainer.fit`` (``verl/trainer/ray_trainer.py``: the
+training batch ``entropy_controller[:sample_num] ++ batch[sample_num:]``), and
+``compute_policy_loss`` (``verl/trainer/core_algos.py``, token mean via ``VF.masked_mean``).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +38,35 @@ def np_ppo_tok(logp, old, adv, eps_l, eps_h, c):
 def np_token_mean(x, m):
     m = m.astype(bool)
     return x[m].sum() / m.sum() if m.sum() else 0.0
+
+
+def rel_select_by_advantage(adv_seq, threshold=0.05):
+    """``_select_by_advantage(batch, threshold, absolute=False)``: indices with A > threshold."""
+    return np.nonzero(adv_seq > threshold)[0]
+
+
+def rel_compute_policy_loss(old, lp, adv, mask, lo=0.2, hi=0.2, dual=3.0):
+    """``compute_policy_loss`` of the AEPO fork (core_algos.py @ b353a05), token mean."""
+    nkl = lp - old
+    ratio = np.exp(nkl)
+    clipped_ratio = np.exp(np.clip(nkl, np.log(1.0 - lo), np.log(1.0 + hi)))
+    l1, l2, l3 = -adv * ratio, -adv * clipped_ratio, -adv * dual
+    higher = np.maximum(l1, l2)
+    lower = np.minimum(higher, l3)
+    final = np.where(adv < 0, lower, higher)
+    return (final * mask).sum() / (mask.sum() + 1e-8)
+
+
+def rel_aepo_training_batch(main, temp, entropy, entropy_base, reinforce_sample_num=60):
+    """The ``AEPO`` branch of ``fit``: select, set A = 1, concat ``ctrl[:S] ++ batch[S:]``."""
+    sel = rel_select_by_advantage(temp["adv"][:, 0])
+    ctrl = {k: v[sel] for k, v in temp.items()}
+    ctrl["adv"] = np.ones_like(ctrl["adv"])
+    if entropy <= entropy_base:
+        n = min(reinforce_sample_num, len(ctrl["adv"]))
+    else:
+        n = min(reinforce_sample_num, len(ctrl["adv"])) // 2
+    return {k: np.concatenate([ctrl[k][:n], main[k][n:]]) for k in main}, n
 
 
 def batch(seed, b=8, t=6, bt=8):
@@ -111,9 +147,10 @@ def test_reinforce_ppo_clip_estimator_same_first_gradient(x64):
 
 
 # ---------------- full loss ----------------
-@pytest.mark.parametrize("pooled", [False, True])
-def test_aepo_loss_matches_numpy(x64, pooled):
+@pytest.mark.parametrize("pooled,replace", [(False, True), (True, True), (True, False)])
+def test_aepo_loss_matches_numpy(x64, pooled, replace):
     logp, old, adv, mask, tlogp, trew, tmask = batch(2)
+    tmask[[2, 5]] = 0.0  # 6 temperature rows with tokens → 6 of the 8 GRPO rows replaced
     alpha = 0.3
     got, met = aepo_loss(
         logp,
@@ -125,10 +162,16 @@ def test_aepo_loss_matches_numpy(x64, pooled):
         temp_mask=tmask,
         reinforce_coef=alpha,
         pooled=pooled,
+        replace_grpo_rows=replace,
         clip_ratio_high=0.28,
     )
     ppo = np_ppo_tok(logp, old, adv, 0.2, 0.28, 3.0)
     rf = -trew[:, None] * tlogp
+    n_rep = int((tmask.sum(1) > 0).sum()) if pooled and replace else 0
+    assert 0 < int((tmask.sum(1) > 0).sum()) < len(mask)
+    mask = mask.copy()
+    mask[:n_rep] = 0.0  # the release's `Pos[:S] ++ B[S:]`
+    np.testing.assert_allclose(met["aepo/replaced_rows"], n_rep)
     if pooled:
         want = np_token_mean(np.concatenate([ppo, alpha * rf]), np.concatenate([mask, tmask]))
     else:
@@ -140,6 +183,47 @@ def test_aepo_loss_matches_numpy(x64, pooled):
     np.testing.assert_allclose(met["aepo/reinforce_token_share"], share, rtol=1e-6)
     ent = -np.concatenate([logp, tlogp])[np.concatenate([mask, tmask]) > 0].mean()
     np.testing.assert_allclose(met["aepo/entropy_estimate"], ent, rtol=1e-12)
+
+
+@pytest.mark.parametrize("entropy", [0.3, 0.9])
+def test_pooled_alpha_one_reproduces_the_release(x64, entropy):
+    """α = 1, pooled, PPO-clip estimator, the kept samples only: the release's loss."""
+    rng = np.random.default_rng(11)
+    b, bt, t = 10, 6, 5
+    main = {
+        "lp": -rng.uniform(0.05, 3.0, (b, t)),
+        "adv": np.repeat(rng.normal(0, 1, (b, 1)), t, 1),
+        "mask": np.ones((b, t)),
+    }
+    main["old"] = main["lp"] + rng.normal(0, 0.3, (b, t))
+    main["mask"][:, 3:] = rng.uniform(size=(b, 2)) < 0.5
+    temp = {
+        "lp": -rng.uniform(0.05, 3.0, (bt, t)),
+        "adv": np.repeat(np.array([0.9, -0.5, 0.04, 1.3, 0.2, -1.0])[:, None], t, 1),
+        "mask": np.ones((bt, t)),
+    }
+    temp["old"] = temp["lp"] + rng.normal(0, 0.3, (bt, t))
+    temp["mask"][:, 4] = 0.0
+    mixed, n = rel_aepo_training_batch(main, temp, entropy, 0.5)
+    assert n == (3 if entropy <= 0.5 else 1)
+    want = rel_compute_policy_loss(mixed["old"], mixed["lp"], mixed["adv"], mixed["mask"])
+    keep, s = aepo_select_reinforce_samples(temp["adv"][:, 0], entropy, 0.5)
+    assert int(s) == n
+    got, met = aepo_loss(
+        main["lp"],
+        main["old"],
+        main["adv"],
+        main["mask"],
+        temp_logp=temp["lp"],
+        temp_old_logp=temp["old"],
+        temp_rewards=np.ones(bt),
+        temp_mask=temp["mask"] * np.asarray(keep)[:, None],
+        reinforce_coef=1.0,
+        pooled=True,
+        reinforce_estimator="ppo_clip",
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+    assert int(met["aepo/replaced_rows"]) == n
 
 
 def test_aepo_loss_grads(x64):
@@ -207,7 +291,9 @@ def test_aepo_loss_jit_vmap_and_errors():
 
 def test_aepo_loss_distributed():
     pooled = True
-    args = tuple(jnp.asarray(a, jnp.float32) for a in batch(6, b=8, bt=8))
+    args = [jnp.asarray(a, jnp.float32) for a in batch(6, b=8, bt=8)]
+    args[6] = args[6].at[jnp.array([1, 4, 6])].set(0.0)  # 5 REINFORCE rows → drop 5 GRPO rows
+    args = tuple(args)
 
     def fn(lp, old, adv, m, tlp, tr, tm, *, axis_name=None):
         return aepo_loss(
