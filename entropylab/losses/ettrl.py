@@ -49,6 +49,9 @@ def majority_vote_rewards(answers, *, group_size: int, valid=None) -> tuple[jax.
     Returns:
       ``(rewards [B] float32, majority [B // group_size] int)``; ties go to the smallest answer
       id among the most frequent ones; a group with no valid sample has majority −1.
+
+    TTRL's majority vote (arXiv:2504.16084); not checked against released code (the tie rule is
+    ours).
     """
     a = jnp.asarray(answers)
     if a.ndim != 1 or group_size < 1 or a.shape[0] % group_size:
@@ -87,6 +90,9 @@ def ettrl_advantages(
       group_size: G; groups are consecutive rows (they live on one device: no ``axis_name``).
     Returns:
       ``(Â, metrics)`` with Â of the shape of ``advantages``; no gradient through entropy.
+
+    Released code: none exists for ETTRL (arXiv:2508.11356); the formula is ours (module
+    docstring) and is tested against hand-worked numbers.
     """
     if apply_to not in _APPLY:
         raise ValueError(f"apply_to must be one of {_APPLY}, got {apply_to!r}")

@@ -60,6 +60,8 @@ def phase_entropies(entropy, mask, boundary) -> dict[str, jax.Array]:
     Returns:
       dict of ``[B]`` arrays ``think``, ``answer`` (means, 0 for an empty phase),
       ``think_len``, ``answer_len`` (valid-token counts).
+
+    Released code: none (see :func:`pear_rewards`).
     """
     h = jax.lax.stop_gradient(jnp.asarray(entropy))
     h = h.astype(jnp.result_type(h.dtype, jnp.float32))
@@ -101,6 +103,10 @@ def pear_rewards(
     Returns:
       ``(rewards [B], metrics)`` with metrics ``pear/think_entropy``, ``pear/answer_entropy``,
       ``pear/think_len`` (batch means).
+
+    Released code: none could be checked (``iNLP-Lab/PEAR`` is not in any readable mirror and
+    no other public implementation was found), so this form is ours, not PEAR's; the tests
+    check it against hand-worked numbers.
     """
     if think_coef < 0 or answer_coef < 0 or answer_tolerance < 0:
         raise ValueError(

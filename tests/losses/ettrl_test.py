@@ -75,3 +75,29 @@ def test_ear_hand_and_no_grad():
         ettrl_advantages(adv, h, m, group_size=4, apply_to="x")
     with pytest.raises(ValueError, match="group_size"):
         ettrl_advantages(adv, h, m, group_size=3)
+
+
+def test_ear_hand_worked_clip_kappa_and_masked_row():
+    """No released code exists: the numbers are worked by hand from the documented formula.
+
+    Response entropies (valid tokens only): 0.1 (the 9.0 is padding), 0.3, 0.4, and an empty
+    row. Group mean over the non-empty rows 0.8/3 → ratios 0.375, 1.125, 1.5 (empty row: 1).
+    κ = 2: w = clip(ratio², 0.5, 2) = clip(0.140625) = 0.5, 1.265625, clip(2.25) = 2.0, 1.
+    """
+    h = jnp.array([[0.1, 0.1, 9.0], [0.2, 0.4, 0.3], [0.4, 5.0, 5.0], [7.0, 7.0, 7.0]], jnp.float32)
+    m = jnp.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_allclose(response_entropy(h, m), [0.1, 0.3, 0.4, 0.0], rtol=1e-6)
+    adv = jnp.array([1.0, 2.0, -1.0, 3.0])
+    f = jax.jit(
+        lambda a, e, k, mode: ettrl_advantages(a, e, k, group_size=4, kappa=2.0, apply_to=mode),
+        static_argnums=3,
+    )
+    out_all, met = f(adv, h, m, "all")
+    np.testing.assert_allclose(out_all, [0.5, 2.53125, -2.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        met["ettrl/weight_mean"], (0.5 + 1.265625 + 2.0 + 1.0) / 4, rtol=1e-6
+    )
+    out_pos, _ = f(adv, h, m, "positive")
+    np.testing.assert_allclose(out_pos, [0.5, 2.53125, -1.0, 3.0], rtol=1e-6)
+    out_tok, _ = f(jnp.repeat(adv[:, None], 3, 1), h, m, "positive")  # [B, T] advantages
+    np.testing.assert_allclose(out_tok[:, 0], [0.5, 2.53125, -1.0, 3.0], rtol=1e-6)

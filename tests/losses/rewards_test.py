@@ -101,3 +101,30 @@ def test_pear_hand_jit_vmap_empty():
     np.testing.assert_allclose(v[0], v[1])
     with pytest.raises(ValueError, match="gate"):
         pear_rewards(jnp.array([1.0]), h, m, jnp.array([2]), gate="x")
+
+
+@pytest.mark.parametrize(
+    "gate,want", [("all", [0.575, -0.2, 1.0, 0.5]), ("correct", [0.575, 0.0, 1.0, 0.5])]
+)
+def test_pear_hand_worked(gate, want):
+    """No released code could be read: the numbers are worked by hand from the documented form
+    (λ_think = λ_ans = 0.5, τ_ans = 0.5).
+
+    Row 0, boundary 2: think (1.0, 0.5) → 0.75, answer (0.9, 0.3) → 0.6 → penalty
+    0.375 + 0.5·0.1 = 0.425 → 1 − 0.425 = 0.575. Row 1, no boundary, padding 9.0 ignored:
+    think 0.4 → penalty 0.2 → 0 − 0.2 (``gate="correct"``: a wrong answer is not penalised → 0).
+    Row 2, boundary 0: answer 0.5 ≤ τ → no penalty → 1.0. Row 3, boundary = T: think over the
+    two valid tokens 1.0 → 1 − 0.5 = 0.5.
+    """
+    h = jnp.array(
+        [[1.0, 0.5, 0.9, 0.3], [0.2, 0.4, 0.6, 9.0], [0.8, 0.8, 0.2, 0.2], [1.0, 1.0, 1.0, 1.0]]
+    )
+    m = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 0]])
+    b = jnp.array([2, -1, 0, 4])
+    s = jnp.array([1.0, 0.0, 1.0, 1.0])
+    r, met = jax.jit(lambda *a: pear_rewards(*a, gate=gate))(s, h, m, b)
+    np.testing.assert_allclose(r, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(met["pear/think_len"], (2 + 3 + 0 + 2) / 4)
+    ph = phase_entropies(h, m, b)
+    np.testing.assert_allclose(ph["think"], [0.75, 0.4, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(ph["answer"], [0.6, 0.0, 0.5, 0.0], rtol=1e-6)
