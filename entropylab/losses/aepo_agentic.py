@@ -39,8 +39,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_mean, masked_var
+from entropylab.losses.policy import (
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_advantage_shaper, register_policy_loss
+from entropylab.ops.masked import masked_mean, masked_var
 
 __all__ = ["aepo_agentic_loss", "aepo_global_budget", "entropy_aware_advantages"]
 
@@ -56,6 +62,7 @@ def _entropy_z(entropy, mask, axis_name):
     return jnp.where(m, (h - mean) / std, 0.0), mean, std
 
 
+@register_advantage_shaper("entropy_aware_advantages", entropy_source="current")
 def entropy_aware_advantages(
     advantages, entropy, mask, *, alpha: float = 0.2, axis_name=None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -73,6 +80,7 @@ def entropy_aware_advantages(
     return out, {"aepo/entropy_mean": mean, "aepo/entropy_std": std}
 
 
+@register_policy_loss("aepo_agentic", entropy_source="current")
 def aepo_agentic_loss(
     logp,
     old_logp,
@@ -82,49 +90,61 @@ def aepo_agentic_loss(
     entropy,
     alpha: float = 0.2,
     gradient_preserving: str = "all",
-    clip_ratio_low: float = 0.2,
-    clip_ratio_high: float | None = None,
+    clip_ratio_low=0.2,
+    clip_ratio_high=None,
     clip_ratio_c: float | None = 3.0,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Entropy-Balanced Policy Optimization loss (see the module docstring for the equations).
 
+    The method's pieces around the shared surrogate: the advantage reshaping
+    ``Ã = A·(1 + α·z)`` and, on the selected upper-clipped tokens, the gradient-preserving bound
+    ``F_t`` in place of the clipped term.
+
     Args:
-      logp, old_logp, advantages, mask: ``[B, T]``.
+      logp, old_logp, advantages, mask: see :mod:`entropylab.losses.policy`.
       entropy: ``[B, T]`` token entropy of the current policy (no gradient is taken through it).
       alpha: entropy-aware advantage scale (0 disables it).
       gradient_preserving: ``"all" | "high_entropy" | "low_entropy" | "none"``.
     Returns:
-      ``(loss, metrics)``; metrics ``pg/loss``, ``pg/clipfrac``, ``pg/clipfrac_lower``,
-      ``pg/ppo_kl``, ``aepo/clip_upper_frac`` (tokens whose gradient was preserved),
-      ``aepo/entropy_mean``, ``aepo/entropy_std``.
+      ``(loss, metrics)``; metrics: the base set, ``aepo/clip_upper_frac`` (tokens whose
+      gradient was preserved), ``aepo/entropy_mean``, ``aepo/entropy_std``.
 
-    References: arXiv:2510.14545.
+    References: arXiv:2510.14545; checked against the ARLArena port
+    ``compute_policy_loss_aepo`` (tests/losses/aepo_agentic_test.py).
     """
     if gradient_preserving not in _GP_MODES:
         raise ValueError(
             f"gradient_preserving must be one of {_GP_MODES}, got {gradient_preserving!r}"
         )
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
-    logp = jnp.asarray(logp)
-    if logp.ndim != 2:
-        raise ValueError(f"aepo_agentic_loss expects [B, T] inputs, got {logp.shape}")
-    z, mean, std = _entropy_z(entropy, mask, axis_name)
-    adv = jnp.asarray(advantages)
-    adv = adv * (1.0 + alpha * z.astype(adv.dtype))
-    eps_h = clip_ratio_low if clip_ratio_high is None else clip_ratio_high
-    per_tok, info = ppo_clip_per_token(
+    b = policy_batch(
+        "aepo_agentic_loss",
         logp,
         old_logp,
+        advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
+    if entropy is None or jnp.shape(entropy) != b.valid.shape:
+        got = None if entropy is None else jnp.shape(entropy)
+        raise ValueError(
+            f"aepo_agentic_loss: entropy must have logp's shape {b.valid.shape}, got {got}"
+        )
+    z, mean, std = _entropy_z(entropy, b.valid, axis_name)
+    adv = b.advantages * (1.0 + alpha * z.astype(b.advantages.dtype))
+    eps_h = clip_ratio_low if clip_ratio_high is None else clip_ratio_high
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    per_tok, info = clipped_surrogate(
+        jnp.exp(d),
         adv,
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
     if gradient_preserving == "all":
         sel = jnp.ones(z.shape, bool)
@@ -137,23 +157,27 @@ def aepo_agentic_loss(
     upper = info["clipped_upper"] & sel
     # (1 + ε_h) · r / sg(r) = (1 + ε_h) · exp(logp − sg(logp)): value 1 + ε_h, gradient ∇log π.
     # logp is made finite first so that a −inf log-prob elsewhere cannot put NaN in the graph.
-    lp_safe = jnp.where(upper, logp, 0.0)
+    lp_safe = jnp.where(upper, b.logp, 0.0)
     bound = (1.0 + eps_h) * jnp.exp(lp_safe - jax.lax.stop_gradient(lp_safe))
     per_tok = jnp.where(upper, -adv * bound, per_tok)
-    loss = aggregate(
-        per_tok, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
+    loss, metrics = reduce_policy_loss(
+        per_tok,
+        b,
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        log_ratio_values=d,
     )
-    d = jnp.clip(jnp.nan_to_num(logp - jnp.asarray(old_logp)), -log_ratio_clamp, log_ratio_clamp)
     f = loss.dtype
-    metrics = {
-        "pg/loss": loss,
-        "pg/clipfrac": masked_mean(info["clipped"].astype(f), mask, axis_name=axis_name),
-        "pg/clipfrac_lower": masked_mean(info["dual_clipped"].astype(f), mask, axis_name=axis_name),
-        "pg/ppo_kl": jax.lax.stop_gradient(masked_mean(-d, mask, axis_name=axis_name)),
-        "aepo/clip_upper_frac": masked_mean(upper.astype(f), mask, axis_name=axis_name),
-        "aepo/entropy_mean": mean,
-        "aepo/entropy_std": std,
-    }
+    metrics.update(
+        {
+            "aepo/clip_upper_frac": masked_mean(upper.astype(f), b.valid, axis_name=axis_name),
+            "aepo/entropy_mean": mean,
+            "aepo/entropy_std": std,
+        }
+    )
     return loss, metrics
 
 

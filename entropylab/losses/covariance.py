@@ -24,26 +24,26 @@ import jax
 import jax.numpy as jnp
 
 from entropylab.losses._select import count_floor, random_subset_mask, topk_mask
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_quantile
+from entropylab.losses.policy import (
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    ppo_clip_per_token,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_policy_loss
+from entropylab.ops.masked import masked_count, masked_mean, masked_quantile
 
 __all__ = [
     "clip_cov_loss",
     "clip_cov_mask",
+    "data_key",
     "kl_cov_mask",
     "covariance_stats",
     "kl_cov_loss",
     "predicted_entropy_change",
     "token_covariance",
 ]
-
-
-def _check(name, loss_agg_mode, *arrays):
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
-    shapes = {jnp.shape(a) for a in arrays}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"{name}: inputs must all be [B, T], got shapes {sorted(shapes)}")
 
 
 def _valid(mask):
@@ -133,6 +133,27 @@ def predicted_entropy_change(
     )
 
 
+def data_key(old_logp, advantages, mask, *, axis_name=None) -> jax.Array:
+    """A PRNG key derived from the batch, for Clip-Cov when the caller has no key.
+
+    ``key = fold_in(key(0), Σ_valid (bits(old_logp) + 31·bits(A)) mod 2³²)``, where ``bits`` is
+    the float32 bit pattern read as an int32. The wrapping integer sum is exact and
+    order-free, so the key is identical on every device and for any sharding of the batch
+    (summed over ``axis_name``), deterministic for a given batch, and different for
+    different batches. It is not independent of the data (the selection is a function of the
+    batch), which is harmless for a uniform subset of the candidates.
+    """
+    valid = _valid(mask)
+    bits = lambda x: jax.lax.bitcast_convert_type(  # noqa: E731
+        jax.lax.stop_gradient(jnp.asarray(x)).astype(jnp.float32), jnp.int32
+    )
+    h = jnp.where(valid, bits(old_logp) + jnp.int32(31) * bits(advantages), 0)
+    h = jnp.sum(h, dtype=jnp.int32)
+    if axis_name is not None:
+        h = jax.lax.psum(h, axis_name)
+    return jax.random.fold_in(jax.random.key(0), h)
+
+
 def _fraction(value, units, name):
     if units not in ("fraction", "percent"):
         raise ValueError(f"ratio_units must be 'fraction' or 'percent', got {units!r}")
@@ -148,7 +169,7 @@ def clip_cov_mask(
     advantages,
     mask,
     *,
-    key,
+    key=None,
     clip_cov_ratio: float = 2e-4,
     clip_cov_lb: float = 1.0,
     clip_cov_ub: float = 5.0,
@@ -161,9 +182,10 @@ def clip_cov_mask(
     axis_name=None,
 ) -> tuple[jax.Array, jax.Array]:
     """Clip-Cov's token selection ``(selected, candidates)``, bool ``[B, T]`` (steps 2–3 of
-    :func:`clip_cov_loss`; same arguments). Deterministic given ``key`` and the global batch."""
+    :func:`clip_cov_loss`; same arguments). Deterministic given ``key`` and the global batch;
+    ``key=None`` uses :func:`data_key` of the batch."""
     if key is None:
-        raise ValueError("Clip-Cov needs an explicit PRNG `key` for the random selection")
+        key = data_key(old_logp, advantages, mask, axis_name=axis_name)
     if not clip_cov_lb <= clip_cov_ub:
         raise ValueError(f"clip_cov_lb must be <= clip_cov_ub, got {clip_cov_lb}, {clip_cov_ub}")
     frac = _fraction(clip_cov_ratio, ratio_units, "clip_cov_ratio")
@@ -199,6 +221,7 @@ def kl_cov_mask(
     return topk_mask(cov, valid, k, axis_name=axis_name)
 
 
+@register_policy_loss("clip_cov")
 def clip_cov_loss(
     logp,
     old_logp,
@@ -216,20 +239,21 @@ def clip_cov_loss(
     log_ratio_clamp: float = 20.0,
     exclude_clipped: bool = True,
     detach_mode: str = "stop_gradient",
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clip-Cov: PPO-clip loss with the gradient of a random set of high-covariance tokens cut.
 
-    1. ``ℓ_t`` = PPO clipped surrogate (:func:`entropylab.losses.ppo_clip_per_token`).
+    1. ``ℓ_t`` = PPO clipped surrogate (:func:`entropylab.losses.policy.clipped_surrogate`).
     2. Candidates ``C = {t valid : ω_low ≤ Cov_t ≤ ω_high}``, minus tokens whose PPO clip
        (or dual clip) is already active when ``exclude_clipped`` (code; they have no gradient).
     3. ``S`` = uniformly random subset of ``C`` of size ``min(|C|, max(1, ⌊r·N⌋))``, drawn from
        ``key`` over the global batch (``N`` = global valid-token count); :func:`clip_cov_mask`.
     4. ``ℓ_t ← sg(ℓ_t)`` on ``S`` (``detach_mode="stop_gradient"``, the paper's "detach":
        the loss value is unchanged, the gradient is 0) or ``ℓ_t ← 0`` (``"zero"``, the code's
-       ``pg_losses * corr``, which also drops the value); ``loss = agg(ℓ)``.
+       ``pg_losses * corr``, which also drops the value); ``loss = agg(w ⊙ ℓ)``.
 
     Defaults: ``r = 2e-4`` (a fraction; ``ratio_units="percent"`` reads it as percent),
     ``[ω_low, ω_high] = [1, 5]``, PPO ε 0.2 and no dual clip (verl). The paper's scripts set
@@ -237,57 +261,75 @@ def clip_cov_loss(
     differs only on exact ties). At small batch sizes ``max(1, ⌊r·N⌋)`` pins the count to 1
     token: rescale ``r``.
 
-    Metrics: ``pg/loss``, ``pg/clipfrac`` (PPO clip), ``pg/ppo_kl``, ``cov/mean``,
-    ``cov/clip_cov_frac`` (fraction of valid tokens detached), ``cov/clip_cov_candidates``.
+    ``key``: a PRNG key (the same on every device). ``None`` (a framework's loss function often
+    gets no RNG) uses :func:`data_key`, a key derived from the batch: deterministic, identical
+    for every sharding, different for different batches.
 
-    Shapes: ``[B, T]`` inputs; ``key``: a PRNG key (required; the same key on every device).
-    References: arXiv:2505.22617 (Clip-Cov).
+    Metrics: the base set (``pg/clipfrac`` PPO clip, ``pg/clipfrac_lower`` dual clip),
+    ``cov/mean``, ``cov/clip_cov_frac`` (fraction of valid tokens detached),
+    ``cov/clip_cov_candidates``. Shapes and conventions: :mod:`entropylab.losses.policy`.
+
+    References: arXiv:2505.22617 (Clip-Cov); checked against verl
+    ``core_algos.compute_policy_loss_clip_cov`` (tests/losses/covariance_test.py).
     """
-    _check("clip_cov_loss", loss_agg_mode, logp, old_logp, advantages, mask)
+    b = policy_batch(
+        "clip_cov_loss",
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
     if detach_mode not in ("stop_gradient", "zero"):
         raise ValueError(f"detach_mode must be 'stop_gradient' or 'zero', got {detach_mode!r}")
-    valid = _valid(mask)
     ppo_kw = dict(
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
     sel, cand = clip_cov_mask(
-        logp,
-        old_logp,
-        advantages,
-        valid,
+        b.logp,
+        b.old_logp,
+        b.advantages,
+        b.valid,
         key=key,
         clip_cov_ratio=clip_cov_ratio,
         clip_cov_lb=clip_cov_lb,
         clip_cov_ub=clip_cov_ub,
         ratio_units=ratio_units,
         exclude_clipped=exclude_clipped,
+        log_ratio_clamp=log_ratio_clamp,
         axis_name=axis_name,
         **ppo_kw,
     )
-    per_tok, info = ppo_clip_per_token(logp, old_logp, advantages, **ppo_kw)
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    per_tok, info = clipped_surrogate(jnp.exp(d), b.advantages, **ppo_kw)
     cut = jax.lax.stop_gradient(per_tok) if detach_mode == "stop_gradient" else 0.0
     per_tok = jnp.where(sel, cut, per_tok)
-    loss = aggregate(
-        per_tok, valid, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
+    loss, metrics = reduce_policy_loss(
+        per_tok,
+        b,
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        log_ratio_values=d,
     )
     f32 = per_tok.dtype
-    cov = token_covariance(logp, advantages, valid, axis_name=axis_name)
-    metrics = {
-        "pg/loss": loss,
-        "pg/clipfrac": masked_mean(info["clipped"].astype(f32), valid, axis_name=axis_name),
-        "pg/ppo_kl": jax.lax.stop_gradient(
-            masked_mean(-jnp.log(info["ratio"]), valid, axis_name=axis_name)
-        ),
-        "cov/mean": masked_mean(cov, valid, axis_name=axis_name),
-        "cov/clip_cov_frac": masked_mean(sel.astype(f32), valid, axis_name=axis_name),
-        "cov/clip_cov_candidates": masked_mean(cand.astype(f32), valid, axis_name=axis_name),
-    }
+    cov = token_covariance(b.logp, b.advantages, b.valid, axis_name=axis_name)
+    metrics.update(
+        {
+            "cov/mean": masked_mean(cov, b.valid, axis_name=axis_name),
+            "cov/clip_cov_frac": masked_mean(sel.astype(f32), b.valid, axis_name=axis_name),
+            "cov/clip_cov_candidates": masked_mean(cand.astype(f32), b.valid, axis_name=axis_name),
+        }
+    )
     return loss, metrics
 
 
+@register_policy_loss("kl_cov")
 def kl_cov_loss(
     logp,
     old_logp,
@@ -301,16 +343,16 @@ def kl_cov_loss(
     clip_ratio_high: float | None = None,
     clip_ratio_c: float | None = None,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
-    key=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """KL-Cov: ``|log r|`` penalty on the top-k covariance tokens, no PPO clip.
 
     With ``d_t = clip(logp − old_logp, ±20)`` and ``r_t = e^{d_t}``::
 
-        ℓ_t = −A_t·r_t + β·|d_t|·1[t ∈ TopK(Cov)],   K = max(1, ⌊k·N⌋),   loss = agg(ℓ)
+        ℓ_t = −A_t·r_t + β·|d_t|·1[t ∈ TopK(Cov)],   K = max(1, ⌊k·N⌋),   loss = agg(w ⊙ ℓ)
 
     ``TopK`` is over the valid tokens of the global batch (:func:`kl_cov_mask`; selection
     detached; ties → lower index). ``|d|`` is differentiated as ``sign(d)·∇d`` (gradient 0 at
@@ -322,55 +364,63 @@ def kl_cov_loss(
     original repo). The original repo's ``k_percent`` (0.2 = 0.2 %) is
     ``ratio_units="percent"``; verl's defaults are a fraction ``2e-4`` and ``ppo_kl_coef=0.1``.
     ``clip_ratio_low=None`` (default) means no clip and no dual clip (paper and code); passing
-    it turns on the PPO clip (:func:`ppo_clip_per_token`) as an option.
+    it turns on the PPO clip (:func:`~entropylab.losses.policy.clipped_surrogate`) as an option.
 
-    Metrics: ``pg/loss``, ``pg/ppo_kl`` (k1, ``mean(−d)``), ``pg/clipfrac``,
+    Metrics: the base set (``pg/ppo_kl`` = k1 ``mean(−d)``; clip fractions 0 without a clip),
     ``cov/kl_cov_abs_kl`` (``mean |d|``, the code's redefined ``ppo_kl``), ``cov/mean``,
-    ``cov/kl_cov_frac``. ``key`` is accepted for signature uniformity and unused (the
-    selection is deterministic).
+    ``cov/kl_cov_frac``. Shapes and conventions: :mod:`entropylab.losses.policy`.
 
-    References: arXiv:2505.22617 (KL-Cov).
+    References: arXiv:2505.22617 (KL-Cov); checked against verl
+    ``core_algos.compute_policy_loss_kl_cov`` (tests/losses/covariance_test.py).
     """
-    del key
-    _check("kl_cov_loss", loss_agg_mode, logp, old_logp, advantages, mask)
-    if not ppo_kl_coef >= 0:
-        raise ValueError(f"ppo_kl_coef must be >= 0, got {ppo_kl_coef}")
-    valid = _valid(mask)
-    no_clip = clip_ratio_low is None
-    old_logp = jax.lax.stop_gradient(jnp.asarray(old_logp))
-    per_tok, info = ppo_clip_per_token(
+    b = policy_batch(
+        "kl_cov_loss",
         logp,
         old_logp,
         advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
+    if not ppo_kl_coef >= 0:
+        raise ValueError(f"ppo_kl_coef must be >= 0, got {ppo_kl_coef}")
+    no_clip = clip_ratio_low is None
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    per_tok, info = clipped_surrogate(
+        jnp.exp(d),
+        b.advantages,
         clip_ratio_low=float("inf") if no_clip else clip_ratio_low,
         clip_ratio_high=float("inf") if no_clip else clip_ratio_high,
         clip_ratio_c=None if no_clip else clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
-    d = jnp.asarray(logp) - old_logp
-    d = jnp.clip(jnp.where(jnp.isnan(d), 0.0, d), -log_ratio_clamp, log_ratio_clamp)
     abs_d = jax.lax.stop_gradient(jnp.sign(d)) * d
     sel = kl_cov_mask(
-        logp,
-        advantages,
-        valid,
+        b.logp,
+        b.advantages,
+        b.valid,
         kl_cov_ratio=kl_cov_ratio,
         ratio_units=ratio_units,
         axis_name=axis_name,
     )
     per_tok = per_tok + jnp.where(sel, ppo_kl_coef * abs_d, 0.0)
-    loss = aggregate(
-        per_tok, valid, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
+    loss, metrics = reduce_policy_loss(
+        per_tok,
+        b,
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        log_ratio_values=d,
     )
     f32 = per_tok.dtype
     sg_d = jax.lax.stop_gradient(d)
-    cov = token_covariance(logp, advantages, valid, axis_name=axis_name)
-    metrics = {
-        "pg/loss": loss,
-        "pg/ppo_kl": masked_mean(-sg_d, valid, axis_name=axis_name),
-        "pg/clipfrac": masked_mean(info["clipped"].astype(f32), valid, axis_name=axis_name),
-        "cov/kl_cov_abs_kl": masked_mean(jnp.abs(sg_d), valid, axis_name=axis_name),
-        "cov/mean": masked_mean(cov, valid, axis_name=axis_name),
-        "cov/kl_cov_frac": masked_mean(sel.astype(f32), valid, axis_name=axis_name),
-    }
+    cov = token_covariance(b.logp, b.advantages, b.valid, axis_name=axis_name)
+    metrics.update(
+        {
+            "cov/kl_cov_abs_kl": masked_mean(jnp.abs(sg_d), b.valid, axis_name=axis_name),
+            "cov/mean": masked_mean(cov, b.valid, axis_name=axis_name),
+            "cov/kl_cov_frac": masked_mean(sel.astype(f32), b.valid, axis_name=axis_name),
+        }
+    )
     return loss, metrics

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from entropylab.losses.policy import check_loss_agg_mode
+from entropylab.losses.registry import register_regularizer
 from entropylab.ops.masked import AGG_MODES, aggregate
 
 __all__ = [
@@ -63,8 +65,7 @@ def entropy_bonus(
     References: verl ``actor.entropy_coeff``; arXiv:2505.22617 (c ∈ {1e-4, 1e-3} barely moves
     entropy, 1e-2 makes it explode).
     """
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
+    check_loss_agg_mode(loss_agg_mode)
     entropy = jnp.asarray(entropy)
     if entropy.ndim != 2 or jnp.shape(mask) != entropy.shape:
         raise ValueError(
@@ -240,3 +241,63 @@ def adaptive_entropy_update(
         "entropy/controlled": h,
     }
     return used, AdaptiveEntropyState(c_next, state.count + 1), metrics
+
+
+# ------------------------------------------------------------------ objective registration
+def _entropy_bonus_component(
+    inputs,
+    ctx,
+    *,
+    coef=1e-3,
+    entropy_agg_mode=None,
+    schedule=None,
+    end_coef=0.0,
+    decay_steps=1,
+    warmup_steps=0,
+    warmup_init_coef=0.0,
+):
+    """``−c·agg(H)`` of ``inputs.entropy``; with ``schedule`` the coefficient is
+    ``entropy_coef_at(inputs.step, …)``. ``entropy_agg_mode`` defaults to the objective's."""
+    if inputs.entropy is None:
+        raise ValueError("regularizer 'entropy_bonus' needs inputs.entropy (current policy)")
+    if schedule is not None:
+        if inputs.step is None:
+            raise ValueError("regularizer 'entropy_bonus' with a schedule needs inputs.step")
+        coef = entropy_coef_at(
+            inputs.step,
+            kind=schedule,
+            init_value=coef,
+            end_value=end_coef,
+            decay_steps=decay_steps,
+            warmup_steps=warmup_steps,
+            warmup_init_value=warmup_init_coef,
+        )
+    loss, m = entropy_bonus(
+        inputs.entropy,
+        inputs.mask,
+        coef=coef,
+        loss_agg_mode=entropy_agg_mode or ctx.loss_agg_mode,
+        loss_scale_factor=ctx.loss_scale_factor,
+        axis_name=ctx.axis_name,
+    )
+    return loss, {"entropy/bonus_coef": m["entropy/coef"], "entropy/bonus_agg": m["entropy/mean"]}
+
+
+def _validate_bonus(kw):
+    if kw.get("entropy_agg_mode") not in (None, *AGG_MODES):
+        raise ValueError(f"entropy_agg_mode must be one of {AGG_MODES} or None")
+    if kw.get("schedule") is not None:
+        entropy_coef_schedule(
+            kind=kw["schedule"],
+            init_value=kw.get("coef", 1e-3),
+            decay_steps=kw.get("decay_steps", 1),
+            warmup_steps=kw.get("warmup_steps", 0),
+        )
+
+
+register_regularizer(
+    "entropy_bonus",
+    _entropy_bonus_component,
+    needs=lambda kw: ("entropy", "step") if kw.get("schedule") is not None else ("entropy",),
+    validate=_validate_bonus,
+)

@@ -29,8 +29,14 @@ import jax
 import jax.numpy as jnp
 
 from entropylab.losses._select import count_ceil, topk_mask
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_quantile
+from entropylab.losses.policy import (
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_policy_loss
+from entropylab.ops.masked import masked_count, masked_mean, masked_quantile
 
 __all__ = ["forking_token_loss", "forking_token_mask"]
 
@@ -69,6 +75,7 @@ def forking_token_mask(
     return topk_mask(h, valid, k, axis_name=axis_name)
 
 
+@register_policy_loss("forking", entropy_source="current")
 def forking_token_loss(
     logp,
     old_logp,
@@ -79,63 +86,85 @@ def forking_token_loss(
     top_rho: float = 0.2,
     selection: str = "quantile",
     normalization: str = "all_tokens",
-    clip_ratio_low: float = 0.2,
-    clip_ratio_high: float | None = 0.28,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.28,
     clip_ratio_c: float | None = 10.0,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
-    key=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO/DAPO clipped loss on the top-ρ entropy tokens only (see the module docstring).
 
-    ``entropy`` ``[B, T]``: per-token entropy of the current policy (its gradient is not used).
+    The method's piece is the token mask ``M`` (:func:`forking_token_mask`) composed around the
+    shared surrogate: ``agg(M ⊙ w ⊙ ℓ, mask)`` (``"all_tokens"``) or ``agg(w ⊙ ℓ, mask ∧ M)``
+    (``"selected_tokens"``). ``entropy`` ``[B, T]``: per-token entropy of the current policy
+    (its gradient is not used; ``entropylab.losses.token_entropy`` computes it from logits).
     Defaults are the paper's DAPO settings: ρ 0.2, ε 0.2/0.28, dual clip 10, token-mean.
 
-    Metrics: ``pg/loss``, ``pg/clipfrac`` (over selected tokens), ``entropy/fork_frac``
+    Metrics: the base set (``pg/clipfrac`` over selected tokens), ``entropy/fork_frac``
     (selected / valid), ``entropy/fork_threshold`` (smallest selected entropy),
-    ``entropy/fork_selected_mean``, ``entropy/fork_unselected_mean``. ``key`` is unused.
+    ``entropy/fork_selected_mean``, ``entropy/fork_unselected_mean``. Shapes and conventions:
+    :mod:`entropylab.losses.policy`.
 
-    References: arXiv:2506.01939; DAPO arXiv:2503.14476.
+    References: arXiv:2506.01939; DAPO arXiv:2503.14476; checked against
+    ``Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR`` (tests/losses/forking_test.py).
     """
-    del key
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    shapes = {jnp.shape(x) for x in (logp, old_logp, advantages, mask, entropy)}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"forking_token_loss: inputs must all be [B, T], got {sorted(shapes)}")
-    valid = _valid(mask)
-    sel = forking_token_mask(
-        entropy, valid, top_rho=top_rho, selection=selection, axis_name=axis_name
-    )
-    per_tok, info = ppo_clip_per_token(
+    b = policy_batch(
+        "forking_token_loss",
         logp,
         old_logp,
         advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if entropy is None or jnp.shape(entropy) != b.valid.shape:
+        got = None if entropy is None else jnp.shape(entropy)
+        raise ValueError(
+            f"forking_token_loss: entropy must have logp's shape {b.valid.shape}, got {got}"
+        )
+    sel = forking_token_mask(
+        entropy, b.valid, top_rho=top_rho, selection=selection, axis_name=axis_name
+    )
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    per_tok, info = clipped_surrogate(
+        jnp.exp(d),
+        b.advantages,
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
-    agg_kw = dict(loss_scale_factor=loss_scale_factor, axis_name=axis_name)
     if normalization == "all_tokens":
-        loss = aggregate(jnp.where(sel, per_tok, 0.0), valid, loss_agg_mode, **agg_kw)
+        per_tok, agg_mask = jnp.where(sel, per_tok, 0.0), None
     else:
-        loss = aggregate(per_tok, sel, loss_agg_mode, **agg_kw)
+        agg_mask = sel
+    loss, metrics = reduce_policy_loss(
+        per_tok,
+        b,
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        agg_mask=agg_mask,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        clip_mask=sel,
+        log_ratio_values=d,
+    )
     h = jax.lax.stop_gradient(jnp.asarray(entropy))
     thr = jnp.min(jnp.where(sel, h, jnp.inf))
     if axis_name is not None:
         thr = jax.lax.pmin(thr, axis_name)
     f = per_tok.dtype
-    metrics = {
-        "pg/loss": loss,
-        "pg/clipfrac": masked_mean(info["clipped"].astype(f), sel, axis_name=axis_name),
-        "entropy/fork_frac": masked_mean(sel.astype(f), valid, axis_name=axis_name),
-        "entropy/fork_threshold": jnp.where(jnp.isfinite(thr), thr, 0.0),
-        "entropy/fork_selected_mean": masked_mean(h, sel, axis_name=axis_name),
-        "entropy/fork_unselected_mean": masked_mean(h, valid & ~sel, axis_name=axis_name),
-    }
+    metrics.update(
+        {
+            "entropy/fork_frac": masked_mean(sel.astype(f), b.valid, axis_name=axis_name),
+            "entropy/fork_threshold": jnp.where(jnp.isfinite(thr), thr, 0.0),
+            "entropy/fork_selected_mean": masked_mean(h, sel, axis_name=axis_name),
+            "entropy/fork_unselected_mean": masked_mean(h, b.valid & ~sel, axis_name=axis_name),
+        }
+    )
     return loss, metrics

@@ -28,7 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_mean
+from entropylab.losses.policy import check_loss_agg_mode
+from entropylab.ops.masked import aggregate, masked_mean
 
 __all__ = [
     "KL_KINDS",
@@ -115,8 +116,7 @@ def kl_loss(
 
     References: GRPO arXiv:2402.03300; verl ``dp_actor`` (``kl_loss``).
     """
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
+    check_loss_agg_mode(loss_agg_mode)
     kld = kl_penalty(logp, ref_logp, kind=kind)
     if kld.ndim != 2:
         raise ValueError(f"kl_loss expects per-token arrays [B, T], got shape {kld.shape}")

@@ -74,16 +74,20 @@ _UNSET = object()
 class ObjectiveInputs:
     """Per-step batch for :meth:`Objective.loss` (a pytree; all fields are data).
 
-    Shapes: ``logp, old_logp, advantages, mask, entropy, old_entropy, ref_logp`` ``[B, T]``;
-    ``logits`` ``[B, T, V]``; ``group_ids`` ``[B]``; ``key`` a PRNG key (replicated); ``step``
-    an int scalar. ``logp``, ``entropy`` and ``logits`` carry the gradient; the rest is data.
+    Shapes: ``logp, old_logp, mask, entropy, old_entropy, ref_logp`` ``[B, T]``;
+    ``advantages`` and ``token_weights`` ``[B, T]`` or per-sequence ``[B]``; ``logits``
+    ``[B, T, V]``; ``group_ids`` ``[B]``; ``key`` a PRNG key (replicated); ``step`` an int
+    scalar. ``old_logp=None`` means on-policy (``stop_gradient(logp)``); ``token_weights``
+    (optional) multiply the policy loss's per-token terms before aggregation (e.g. truncated
+    importance-sampling weights). ``logp``, ``entropy`` and ``logits`` carry the gradient; the
+    rest is data.
     ``extras`` is a dict of method-specific arrays (e.g. ``temp_logp``/``temp_rewards``/
     ``temp_mask`` for AEPO, ``planning_mask`` for HICRA, ``rewards`` ``[B]`` for HAPO's group
     advantages, ``difficulty`` ``[B]`` for ARES' KL, ``entropy_p``/``old_entropy_p`` for SIREN).
     """
 
     logp: Any
-    old_logp: Any
+    old_logp: Any = None
     advantages: Any
     mask: Any
     entropy: Any = None
@@ -94,6 +98,7 @@ class ObjectiveInputs:
     step: Any = None
     group_ids: Any = None
     extras: Any = None
+    token_weights: Any = None
 
 
 def _freeze(value, where):
@@ -373,7 +378,7 @@ class Objective:
         c = self.config
         ax = c.axis_name if axis_name is _UNSET else axis_name
         state = {} if state is None else state
-        self._check_shapes(inputs)
+        inputs = self._check_shapes(inputs)
         (pspec, pkw), regs, shapers = self._parts()
         metrics, owners = {}, {}
 
@@ -453,12 +458,31 @@ class Objective:
 
     @staticmethod
     def _check_shapes(inputs):
-        if jnp.ndim(inputs.logp) != 2:
-            raise ValueError(f"inputs.logp must be [B, T], got shape {jnp.shape(inputs.logp)}")
-        for f in ("old_logp", "advantages", "mask", "entropy", "old_entropy", "ref_logp"):
+        """Shape checks; ``[B]`` advantages are broadcast to ``[B, T]`` (returns the inputs)."""
+        shape = jnp.shape(inputs.logp)
+        if len(shape) != 2:
+            raise ValueError(f"inputs.logp must be [B, T], got shape {shape}")
+        for f in ("old_logp", "mask", "entropy", "old_entropy", "ref_logp"):
             v = getattr(inputs, f)
-            if v is not None and jnp.shape(v) != jnp.shape(inputs.logp):
-                raise ValueError(f"inputs.{f} must have logp's shape {jnp.shape(inputs.logp)}")
+            if v is not None and jnp.shape(v) != shape:
+                raise ValueError(f"inputs.{f} must have logp's shape {shape}, got {jnp.shape(v)}")
+        if inputs.mask is None:
+            raise ValueError("inputs.mask is required ([B, T], nonzero = valid token)")
+        out = {}
+        for f in ("advantages", "token_weights"):
+            v = getattr(inputs, f)
+            if v is None:
+                if f == "advantages":
+                    raise ValueError("inputs.advantages is required ([B] or [B, T])")
+                continue
+            if jnp.shape(v) in ((shape[0],), (shape[0], 1)):
+                out[f] = jnp.broadcast_to(jnp.reshape(v, (shape[0], 1)), shape)
+            elif jnp.shape(v) != shape:
+                raise ValueError(
+                    f"inputs.{f} must be [B] = ({shape[0]},) or [B, T] = {shape}, "
+                    f"got {jnp.shape(v)}"
+                )
+        return dataclasses.replace(inputs, **out) if out else inputs
 
     def _shape(self, inputs, state, ax):
         """Apply the advantage shapers in order; ``(inputs with shaped advantages, metrics)``."""
@@ -510,7 +534,7 @@ class Objective:
         """
         c = self.config
         state = {} if state is None else state
-        self._check_shapes(inputs)
+        inputs = self._check_shapes(inputs)
         inputs, _ = self._shape(inputs, state, axis_name)
         out = self._diag(inputs, inputs.advantages, axis_name)
         out["cov/predicted_dH"] = predicted_entropy_change(

@@ -31,8 +31,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_mean
+from entropylab.losses.policy import (
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_policy_loss
+from entropylab.ops.masked import masked_mean
 
 __all__ = ["steer_loss", "steer_omega", "steer_weights"]
 
@@ -121,6 +127,7 @@ def steer_weights(
     return lam, metrics
 
 
+@register_policy_loss("steer", entropy_source="old")
 def steer_loss(
     logp,
     old_logp,
@@ -133,32 +140,41 @@ def steer_loss(
     weight_max: float | None = None,
     k: float | None = None,
     omega_floor: float = 0.02,
-    clip_ratio_low: float = 0.2,
-    clip_ratio_high: float | None = 0.28,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.28,
     clip_ratio_c: float | None = 10.0,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
-    key=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """STEER loss ``agg(sg(λ) ⊙ ℓ_PPO)``; ``entropy`` = π_old's per-token entropy ``[B, T]``.
+    """STEER loss ``agg(sg(λ) ⊙ w ⊙ ℓ_PPO)``; ``entropy`` = π_old's per-token entropy ``[B, T]``.
 
-    Metrics: ``pg/loss``, ``pg/clipfrac`` and the ``steer/*`` metrics of
-    :func:`steer_weights`. ``key`` is unused. References: arXiv:2510.10150.
+    The method's piece is the token weight λ (:func:`steer_weights`) on the shared surrogate.
+    Metrics: the base set and the ``steer/*`` metrics of :func:`steer_weights`. Shapes and
+    conventions: :mod:`entropylab.losses.policy`.
+
+    References: arXiv:2510.10150; checked against ``zz-haooo/STEER``
+    ``compute_policy_loss_with_entropy`` (tests/losses/steer_test.py).
     """
-    del key
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
-    shapes = {jnp.shape(x) for x in (logp, old_logp, advantages, mask, entropy)}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"steer_loss: inputs must all be [B, T], got {sorted(shapes)}")
-    valid = _valid(mask)
-    lam, metrics = steer_weights(
+    b = policy_batch(
+        "steer_loss",
         logp,
         old_logp,
         advantages,
-        valid,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
+    if entropy is None or jnp.shape(entropy) != b.valid.shape:
+        got = None if entropy is None else jnp.shape(entropy)
+        raise ValueError(f"steer_loss: entropy must have logp's shape {b.valid.shape}, got {got}")
+    lam, steer_metrics = steer_weights(
+        b.logp,
+        b.old_logp,
+        b.advantages,
+        b.valid,
         entropy=entropy,
         mode=mode,
         weight_min=weight_min,
@@ -167,24 +183,22 @@ def steer_loss(
         omega_floor=omega_floor,
         axis_name=axis_name,
     )
-    per_tok, info = ppo_clip_per_token(
-        logp,
-        old_logp,
-        advantages,
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    per_tok, info = clipped_surrogate(
+        jnp.exp(d),
+        b.advantages,
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
-    loss = aggregate(
+    loss, metrics = reduce_policy_loss(
         lam * per_tok,
-        valid,
-        loss_agg_mode,
+        b,
+        loss_agg_mode=loss_agg_mode,
         loss_scale_factor=loss_scale_factor,
         axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        log_ratio_values=d,
     )
-    metrics["pg/loss"] = loss
-    metrics["pg/clipfrac"] = masked_mean(
-        info["clipped"].astype(per_tok.dtype), valid, axis_name=axis_name
-    )
-    return loss, metrics
+    return loss, {**steer_metrics, **metrics}

@@ -12,6 +12,7 @@ from entropylab.losses.covariance import (
     clip_cov_loss,
     clip_cov_mask,
     covariance_stats,
+    data_key,
     kl_cov_loss,
     kl_cov_mask,
     predicted_entropy_change,
@@ -169,10 +170,42 @@ def test_clip_cov_loss_and_grad_vs_numpy(x64, detach_mode, mode):
     np.testing.assert_allclose(met["cov/clip_cov_frac"], sel.sum() / m.sum())
 
 
-def test_clip_cov_needs_key_and_validates():
+def _np_data_key_int(old, adv, m):
+    """Independent port of data_key's integer: Σ_valid bits(old) + 31·bits(A) mod 2³² (uint32)."""
+    bits = lambda x: np.asarray(x, np.float32).view(np.int32).astype(np.int64)  # noqa: E731
+    return np.uint32(int(np.where(m, bits(old) + 31 * bits(adv), 0).sum()) % 2**32)
+
+
+def test_clip_cov_default_key_is_data_derived():
+    """No key (a framework's loss function often has none): a documented key from the batch."""
     lp, old, adv, m = _batch(4)
-    with pytest.raises(ValueError, match="key"):
-        clip_cov_loss(lp, old, adv, m)
+    kw = dict(clip_cov_ratio=0.2, clip_cov_lb=-10.0, clip_cov_ub=10.0)
+    want_key = jax.random.fold_in(jax.random.key(0), _np_data_key_int(old, adv, m))
+    np.testing.assert_array_equal(
+        jax.random.key_data(data_key(old, adv, m)), jax.random.key_data(want_key)
+    )
+    (l0, m0), (l1, m1) = (
+        clip_cov_loss(lp, old, adv, m, **kw),
+        clip_cov_loss(lp, old, adv, m, key=want_key, **kw),
+    )
+    np.testing.assert_array_equal(l0, l1)
+    np.testing.assert_array_equal(m0["cov/clip_cov_frac"], m1["cov/clip_cov_frac"])
+    # a different batch gives a different key
+    other = data_key(old + 1e-3, adv, m)
+    assert not np.array_equal(jax.random.key_data(other), jax.random.key_data(want_key))
+
+
+def test_data_key_is_sharding_invariant():
+    lp, old, adv, m = _batch(5)
+
+    def k(old, adv, m, *, axis_name=None):
+        return jax.random.key_data(data_key(old, adv, m, axis_name=axis_name))
+
+    assert_matches_distributed(k, _f32(old, adv, m), {}, atol=0)
+
+
+def test_clip_cov_validates():
+    lp, old, adv, m = _batch(4)
     with pytest.raises(ValueError, match="detach_mode"):
         clip_cov_loss(lp, old, adv, m, key=jax.random.key(0), detach_mode="mul")
     with pytest.raises(ValueError, match="ratio_units"):

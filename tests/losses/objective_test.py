@@ -68,7 +68,7 @@ _NAMES = registered_names()
 # Keyword arguments each built-in needs to run on the test batch (the rest use defaults).
 _POLICY_KW = {"clip_cov": {"clip_cov_ratio": 0.05, "clip_cov_lb": -1.0}, "kl_cov": {}}
 _REG_KW = {"entropy_bonus": {"coef": 1e-2}, "adaptive_entropy": {"init_coef": 1e-3}}
-_SHAPER_KW = {"ettrl": {"group_size": GROUP}, "hapo": {"group_size": GROUP}}
+_SHAPER_KW = {"ettrl": {"group_size": GROUP}, "hapo_advantages": {"group_size": GROUP}}
 
 
 def _loss_and_grads(obj, inputs, state):
@@ -276,9 +276,17 @@ def test_missing_inputs_raise():
     obj = build_objective(ObjectiveConfig(policy_loss="forking"))
     with pytest.raises(ValueError, match="needs inputs.entropy"):
         obj.loss(dataclasses.replace(inp, entropy=None), {})
-    obj = build_objective(ObjectiveConfig(policy_loss="clip_cov"))
-    with pytest.raises(ValueError, match="needs inputs.key"):
-        obj.loss(dataclasses.replace(inp, key=None), {})
+    obj = build_objective(ObjectiveConfig(policy_loss="steer"))
+    with pytest.raises(ValueError, match="needs inputs.old_entropy"):
+        obj.loss(dataclasses.replace(inp, old_entropy=None), {})
+    obj = build_objective(
+        ObjectiveConfig(policy_loss="forking", policy_kwargs={"entropy_source": "old"})
+    )
+    with pytest.raises(ValueError, match="needs inputs.old_entropy"):
+        obj.loss(dataclasses.replace(inp, old_entropy=None), {})
+    obj = build_objective(ObjectiveConfig(policy_loss="aepo"))
+    with pytest.raises(ValueError, match="temp_logp"):
+        obj.loss(dataclasses.replace(inp, extras={}), {})
 
 
 def test_config_hashable_and_static_under_jit():
@@ -595,7 +603,7 @@ def test_stats_of_stateless_objective_is_empty_and_legacy_hook_raises():
     with pytest.raises(ValueError, match="test_legacy_state.*update_from_stats"):
         obj.update_state_from_stats(obj.init_state(), obj.zero_stats())
     with pytest.raises(ValueError, match="`stats` and `zero_stats` go together"):
-        register_regularizer("test_half_stats", lambda i, c: (0.0, {}), stats=lambda *a: {})
+        register_regularizer("test_half_stats", lambda inputs, ctx: (0.0, {}), stats=lambda *a: {})
 
 
 def test_needs_and_needs_logits():
@@ -625,7 +633,9 @@ def test_needs_and_needs_logits():
 
 def test_diagnostics_once_and_loss_without_them():
     inp = _inputs(21)
-    obj = build_objective(ObjectiveConfig(kl_coef=0.1, advantage_shapers=("agentic_aepo",)))
+    obj = build_objective(
+        ObjectiveConfig(kl_coef=0.1, advantage_shapers=("entropy_aware_advantages",))
+    )
 
     @jax.jit
     def both(i):
@@ -646,3 +656,92 @@ def test_diagnostics_once_and_loss_without_them():
     lp = np.asarray(inp.logp, np.float64)
     cov = (lp[m] - lp[m].mean()) * (adv[m] - adv[m].mean())
     np.testing.assert_allclose(diag["cov/mean"], cov.mean(), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registered_names_are_unique_and_documented():
+    """The built-in names (one per method, unique across kinds; 'aepo' means one thing)."""
+    assert _BUILTIN == {
+        "policy_loss": (
+            "aepo",
+            "aepo_agentic",
+            "cispo",
+            "clip_cov",
+            "forking",
+            "gspo",
+            "hapo",
+            "kl_cov",
+            "ppo_clip",
+            "reinforce",
+            "steer",
+        ),
+        "regularizer": ("adaptive_entropy", "aepo_reinforce", "ares_kl", "entropy_bonus", "siren"),
+        "advantage_shaper": ("entropy_aware_advantages", "ettrl", "hapo_advantages", "hicra"),
+    }
+    with pytest.raises(ValueError, match="already registered.*unique across kinds"):
+        register_regularizer("ppo_clip", lambda inputs, ctx: (0.0, {}))
+
+
+def test_library_function_bound_by_name():
+    """A plain loss function registers as is; the objective binds inputs to its parameters by
+    name (fields, extras, entropy source, aggregation) and the rest are hyper-parameters."""
+
+    @register_policy_loss("test_bound_ppo", extras=("scale",), entropy_source="old")
+    def my_loss(
+        logp, old_logp, advantages, mask, *, entropy, scale, eps=0.2, loss_agg_mode, axis_name=None
+    ):
+        loss, met = ppo_clip_loss(
+            logp,
+            old_logp,
+            advantages * scale,
+            mask,
+            clip_ratio_low=eps,
+            loss_agg_mode=loss_agg_mode,
+            axis_name=axis_name,
+        )
+        return loss + 0.0 * jnp.sum(entropy), met
+
+    assert my_loss.__name__ == "my_loss"  # the decorator returns the function itself
+    inp = _inputs(17)
+    inp = dataclasses.replace(inp, extras={**inp.extras, "scale": jnp.float32(2.0)})
+    cfg = ObjectiveConfig(
+        policy_loss="test_bound_ppo",
+        policy_kwargs={"eps": 0.1},
+        loss_agg_mode="seq-mean-token-mean",
+        diagnostics=False,
+    )
+    obj = build_objective(cfg)
+    assert obj.needs == {"logp", "old_logp", "advantages", "mask", "old_entropy", "extras.scale"}
+    loss, _ = obj.loss(inp, {})
+    want, _ = ppo_clip_loss(
+        inp.logp,
+        inp.old_logp,
+        2.0 * inp.advantages,
+        inp.mask,
+        clip_ratio_low=0.1,
+        loss_agg_mode="seq-mean-token-mean",
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs inputs.old_entropy"):
+        obj.loss(dataclasses.replace(inp, old_entropy=None), {})
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['loss_agg_mode'\]"):
+        build_objective(
+            ObjectiveConfig(
+                policy_loss="test_bound_ppo", policy_kwargs={"loss_agg_mode": "token-mean"}
+            )
+        )
+    with pytest.raises(ValueError, match="entropy_source must be one of"):
+        build_objective(
+            ObjectiveConfig(policy_loss="test_bound_ppo", policy_kwargs={"entropy_source": "new"})
+        )
+
+
+def test_objective_seq_advantages_old_none_and_token_weights():
+    inp = _inputs(18)
+    obj = build_objective(ObjectiveConfig(diagnostics=False))
+    seq_adv = inp.advantages[:, 0]
+    on_policy = dataclasses.replace(inp, old_logp=None, advantages=seq_adv)
+    w = jnp.linspace(0.5, 1.5, B)
+    got, _ = obj.loss(dataclasses.replace(on_policy, token_weights=w), {})
+    want, _ = ppo_clip_loss(inp.logp, inp.logp, seq_adv, inp.mask, token_weights=w)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -449,3 +449,150 @@ def test_other_losses_distributed():
     assert_matches_distributed(
         three, (logp, old, adv, mask), {}, atol=1e-6, grad_argnums=(0,), methods=("shard_map",)
     )
+
+
+# ------------------------------------------- one interface for every policy loss (issue 19/12)
+from entropylab.losses import (  # noqa: E402
+    aepo_agentic_loss,
+    clip_cov_loss,
+    forking_token_loss,
+    kl_cov_loss,
+    steer_loss,
+)
+from entropylab.losses.policy import BASE_METRICS  # noqa: E402
+
+_B, _T = 6, 5
+_ENT = np.abs(np.random.default_rng(99).normal(1.0, 0.5, (_B, _T))).astype(np.float32)
+ALL_LOSSES = {
+    "ppo_clip": (ppo_clip_loss, {"clip_ratio_c": 3.0}),
+    "reinforce": (reinforce_loss, {}),
+    "gspo": (gspo_loss, {"clip_ratio_low": 0.1, "clip_ratio_high": 0.1}),
+    "cispo": (cispo_loss, {}),
+    "clip_cov": (clip_cov_loss, {"clip_cov_ratio": 0.3, "clip_cov_lb": -10.0}),
+    "kl_cov": (kl_cov_loss, {"kl_cov_ratio": 0.3}),
+    "forking": (forking_token_loss, {"entropy": _ENT, "top_rho": 0.5}),
+    "steer": (steer_loss, {"entropy": _ENT}),
+    "aepo_agentic": (aepo_agentic_loss, {"entropy": _ENT}),
+}
+
+
+def _small(seed=0):
+    logp, old, adv, mask = random_batch(seed, b=_B, t=_T, scale=0.3)
+    adv = np.repeat(adv[:, :1], _T, axis=1)  # per-sequence advantages broadcast over tokens
+    return logp, old, adv, mask
+
+
+def _value_and_grad(fn, kw, logp, old, adv, mask, **extra):
+    def f(lp):
+        return fn(lp, old, adv, mask, **kw, **extra)
+
+    (loss, met), g = jax.value_and_grad(f, has_aux=True)(jnp.asarray(logp))
+    return loss, met, g
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_every_loss_same_interface(name):
+    """[B] advantages, old_logp=None, token_weights, the base metric keys, for every loss."""
+    fn, kw = ALL_LOSSES[name]
+    logp, old, adv, mask = _small(1)
+    loss, met, g = _value_and_grad(fn, kw, logp, old, adv, mask)
+    assert set(BASE_METRICS) <= set(met), sorted(met)
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    # per-sequence [B] advantages == the same advantages broadcast to [B, T]
+    l_b, met_b, g_b = _value_and_grad(fn, kw, logp, old, adv[:, 0], mask)
+    np.testing.assert_allclose(l_b, loss, rtol=1e-6)
+    np.testing.assert_allclose(g_b, g, rtol=1e-6, atol=1e-9)
+    # old_logp=None == stop_gradient(logp) (on-policy)
+    l_n, met_n, g_n = _value_and_grad(fn, kw, logp, None, adv, mask)
+    l_s, _, g_s = _value_and_grad(fn, kw, logp, logp, adv, mask)
+    np.testing.assert_allclose(l_n, l_s, rtol=1e-6)
+    np.testing.assert_allclose(g_n, g_s, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(met_n["pg/ppo_kl"], 0.0, atol=1e-7)
+    # token weights: all ones == none; [B] == broadcast [B, T]
+    l_1, _, g_1 = _value_and_grad(fn, kw, logp, old, adv, mask, token_weights=np.ones((_B, _T)))
+    np.testing.assert_allclose(l_1, loss, rtol=1e-6)
+    np.testing.assert_allclose(g_1, g, rtol=1e-6, atol=1e-9)
+    w = np.linspace(0.5, 1.5, _B).astype(np.float32)
+    l_w, _, _ = _value_and_grad(fn, kw, logp, old, adv, mask, token_weights=w)
+    l_w2, _, _ = _value_and_grad(
+        fn, kw, logp, old, adv, mask, token_weights=np.repeat(w[:, None], _T, 1)
+    )
+    np.testing.assert_allclose(l_w, l_w2, rtol=1e-6)
+
+
+def test_token_weights_multiply_before_aggregation(x64):
+    """tunix-style weights: agg(w ⊙ ℓ) with the mask's normaliser (NumPy float64 reference)."""
+    logp, old, adv, mask = random_batch(21, dtype=np.float64)
+    w = np.random.default_rng(3).uniform(0.0, 2.0, logp.shape)
+    for mode in MODES:
+        per_tok, _ = np_ppo(logp, old, adv, mask, c=3.0)
+        want = np_agg(w * per_tok, mask, mode)
+        got, _ = ppo_clip_loss(
+            logp, old, adv, mask, clip_ratio_c=3.0, token_weights=w, loss_agg_mode=mode
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=mode)
+    # hand case: one token, ratio 1, A = 2, w = 0.25 → ℓ = −2·1·0.25
+    one = jnp.zeros((1, 1))
+    got, _ = ppo_clip_loss(one, one, 2 * jnp.ones((1, 1)), jnp.ones((1, 1)), token_weights=[0.25])
+    np.testing.assert_allclose(got, -0.5, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_every_loss_errors_name_the_argument(name):
+    fn, kw = ALL_LOSSES[name]
+    logp, old, adv, mask = _small(2)
+    with pytest.raises(ValueError, match="advantages"):
+        fn(logp, old, adv[:3, 0], mask, **kw)
+    with pytest.raises(ValueError, match="mask"):
+        fn(logp, old, adv, mask[:, :2], **kw)
+    with pytest.raises(ValueError, match="old_logp"):
+        fn(logp, old[:, :2], adv, mask, **kw)
+    with pytest.raises(ValueError, match="token_weights"):
+        fn(logp, old, adv, mask, token_weights=np.ones(7), **kw)
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        fn(logp, old, adv, mask, loss_agg_mode="mean", **kw)
+    with pytest.raises(ValueError, match="logp"):
+        fn(logp[0], old[0], adv[0], mask[0], **kw)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_nan_logprob_is_never_a_finite_loss(name):
+    """Issue 12: a NaN log-prob at a valid token gives a NaN loss and a NaN gradient there (the
+    old log-ratio clamp turned it into ratio 1, i.e. a finite loss); under the mask it is
+    ignored; a NaN in old_logp or the advantages also gives NaN."""
+    fn, kw = ALL_LOSSES[name]
+    logp, old, adv, mask = _small(3)
+    i, j = 2, int(np.argmax(mask[2]))
+    assert mask[i, j]
+    bad = logp.copy()
+    bad[i, j] = np.nan
+    loss, _, g = _value_and_grad(fn, kw, bad, old, adv, mask)
+    assert np.isnan(loss), loss
+    assert np.isnan(g[i, j]), g
+    bad_old = old.copy()
+    bad_old[i, j] = np.nan
+    assert np.isnan(_value_and_grad(fn, kw, logp, bad_old, adv, mask)[0])
+    bad_adv = adv.copy()
+    bad_adv[i, j] = np.nan
+    assert np.isnan(_value_and_grad(fn, kw, logp, old, bad_adv, mask)[0])
+    # the same NaN under the mask is selected out: finite loss, finite gradient
+    masked = mask.copy()
+    masked[i, j] = False
+    loss, met, g = _value_and_grad(fn, kw, bad, old, adv, masked)
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    assert all(np.isfinite(v) for v in met.values()), met
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_neg_inf_padding_and_empty_rows_stay_finite(name):
+    fn, kw = ALL_LOSSES[name]
+    logp, old, adv, mask = _small(4)
+    mask[3] = False  # an empty row
+    logp = np.where(mask, logp, -np.inf).astype(np.float32)
+    old = np.where(mask, old, -np.inf).astype(np.float32)
+    kw = dict(kw)
+    if "entropy" in kw:
+        kw["entropy"] = np.where(mask, kw["entropy"], np.nan).astype(np.float32)
+    loss, met, g = _value_and_grad(fn, kw, logp, old, adv, mask)
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    assert all(np.isfinite(v) for v in met.values()), met
