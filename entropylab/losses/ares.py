@@ -126,7 +126,11 @@ class AresThresholdState(NamedTuple):
 
 def ares_threshold_init(tau: float = 1.5) -> AresThresholdState:
     """Initial threshold (the release's ``meta_info`` default 1.5, or a validation estimate);
-    the first :func:`ares_threshold_update` replaces it by the first batch median."""
+    the first :func:`ares_threshold_update` replaces it by the first batch median.
+
+    Released code: ``high_entropy_threshold`` default in ``generate_sequences``
+    (``verl/workers/rollout/vllm_rollout_spmd.py``) and ``_ema_entropy_threshold`` in
+    ``verl/trainer/ray_trainer.py``, ``shawn0728/ARES`` @ 146620e."""
     return AresThresholdState(tau=jnp.asarray(float(tau)), initialized=jnp.zeros((), jnp.bool_))
 
 
@@ -296,7 +300,11 @@ class AresKLState(NamedTuple):
 
 def ares_kl_init(*, target_kl: float = 0.01) -> AresKLState:
     """Initial state: β = 1, no KL observed yet (the KL EMA starts at the first observation),
-    error EMA 0, step 0. ``target_kl`` only fills the unused KL EMA slot."""
+    error EMA 0, step 0. ``target_kl`` only fills the unused KL EMA slot.
+
+    Released code: ``_kl_state`` / ``_e_ema`` / ``_update_count`` set in
+    ``DataParallelPPOActor.__init__``, ``verl/workers/actor/dp_actor.py``, ``shawn0728/ARES`` @
+    146620e (``kl_beta_init`` 1.0, ``last_kl`` None)."""
     return AresKLState(
         beta=jnp.ones(3, jnp.float32),
         kl_ema=jnp.full(3, target_kl, jnp.float32),
