@@ -144,7 +144,7 @@ def render_results(spec, results, study, table, n_jobs, claims_note) -> str:
             f"effect of interest {_g(c.effect_of_interest)}"
             + (f"; preconditions: {', '.join(c.preconditions)}" if c.preconditions else ""),
             f"- {r.reason}",
-            "- arm means: "
+            ("- arm means (log scale): " if c.transform == "log" else "- arm means: ")
             + ", ".join(f"{a} {_g(v)}" for a, v in r.arm_means.items())
             + f"; n = {r.n} initialisations ({r.n_dropped} dropped as non-finite)",
             "- per-init effects: " + ", ".join(f"{k}: {_g(v)}" for k, v in r.units.items()),
