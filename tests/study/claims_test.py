@@ -235,3 +235,22 @@ def test_a_small_but_real_effect_is_reproduced_and_flagged_as_smaller(tmp_path):
     )
     r = _verdicts(sp, out)["outcome"]
     assert r.verdict == "reproduced" and "smaller than the effect of interest 0.05" in r.reason
+
+
+def test_verdict_engine_false_positive_rate_under_the_null():
+    """400 null studies (n = 8 inits, exchangeable arms): 'reproduced' at about the test's size
+    12/256 = 0.047 (binomial sd 0.011; bound 4 sd)."""
+    from entropylab.study.claims import JobData, evaluate_claim
+
+    rng = np.random.default_rng(11)
+    claim = outcome_claim(n_boot=200)
+    hits = 0
+    for _ in range(400):
+        vals = rng.normal(0.4, 0.05, size=(2, 8))
+        jobs = [
+            JobData(arm=a, init=i, seed=0, records=[{"step": 1, "eval/pass@1": vals[k, i]}])
+            for k, a in enumerate(("base", "treat"))
+            for i in range(8)
+        ]
+        hits += evaluate_claim(claim, jobs).verdict == "reproduced"
+    assert abs(hits / 400 - 12 / 256) < 4 * math.sqrt(0.047 * 0.953 / 400)
