@@ -14,6 +14,7 @@ Atomic writes, JSON reads, git state and package versions come from ``entropylab
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -61,9 +62,18 @@ def versions() -> dict[str, str | None]:
 
 
 def code_version(modules: Iterable[str] = ("entropylab",)) -> str:
-    """sha256 (16 hex) of the modules' source bytes (path-relative) and package versions."""
+    """sha256 (16 hex) of the modules' source bytes (path-relative) and package versions.
+
+    Computed once per process and module set: the code a process runs is the code it imported,
+    so later edits of the files on disk must not change the version it reports.
+    """
+    return _code_version(tuple(sorted(set(modules))))
+
+
+@functools.cache
+def _code_version(modules: tuple[str, ...]) -> str:
     h = hashlib.sha256()
-    for m in sorted(set(modules)):
+    for m in modules:
         for p in _sources(m):
             h.update(f"{m}:{p.name}:{len(p.parts)}\n".encode())
             h.update(p.read_bytes())
