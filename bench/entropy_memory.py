@@ -2,15 +2,18 @@
 
 Run: ``python -m bench.entropy_memory`` (default shapes, a few minutes on 2 CPU cores),
 ``--quick`` for a seconds-long check, ``--vocab-block`` / ``--chunk-size`` to choose the fused
-layout. Each row jits ``value_and_grad`` of the scalar ``mean(logp) + 0.1·mean(H)`` w.r.t.
+layout, ``--impl stream parallel`` to time several forward formulations side by side in one run
+(``--block-group`` blocks per step for ``parallel``), ``--rows NxDxV ...`` for other shapes.
+Each row jits ``value_and_grad`` of the scalar ``mean(logp) + 0.1·mean(H)`` w.r.t.
 ``hidden [N, D]`` and ``W [D, V]``:
 
 * dense: ``logprobs_and_entropy(hidden @ W, labels)`` (materialises ``[N, V]`` logits);
-* fused: ``fused_logprobs_and_entropy(hidden, W, labels)`` (streams over vocabulary blocks).
+* fused: ``fused_logprobs_and_entropy(hidden, W, labels, impl=...)`` (vocabulary blocks).
 
 Memory is the compiled executable's ``memory_analysis().temp_size_in_bytes`` (XLA's static peak
 of temporaries; inputs and outputs excluded). Time is the median of ``--repeats`` calls after one
-warm-up call (compile excluded), each ending in ``block_until_ready``. ``max|Δ|`` is the largest
+warm-up call (compile excluded), each ending in ``block_until_ready``; the paths' calls are
+interleaved, so a change of machine load hits them alike. ``max|Δ|`` is the largest
 absolute difference fused − dense over logp, entropy, d/dhidden and d/dW.
 
 A row whose dense path would need more than ``--dense-limit-gib`` of temporaries is compiled
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from entropylab.ops import fused_logprobs_and_entropy, logprobs_and_entropy
+from entropylab.ops.fused import IMPLS, default_impl
 
 DEFAULT_ROWS = ((8192, 512, 32768), (2048, 512, 131072))
 QUICK_ROWS = ((512, 64, 4096), (128, 64, 16384))
@@ -41,10 +45,16 @@ def _loss_dense(hidden, w, labels):
     return jnp.mean(logp) + 0.1 * jnp.mean(ent)
 
 
-def _make_fused_loss(vocab_block, chunk_size):
+def _make_fused_loss(vocab_block, chunk_size, impl=None, block_group=1):
     def loss(hidden, w, labels):
         logp, ent = fused_logprobs_and_entropy(
-            hidden, w, labels, vocab_block=vocab_block, chunk_size=chunk_size
+            hidden,
+            w,
+            labels,
+            vocab_block=vocab_block,
+            chunk_size=chunk_size,
+            impl=impl,
+            block_group=block_group,
         )
         return jnp.mean(logp) + 0.1 * jnp.mean(ent)
 
@@ -61,35 +71,63 @@ def _compile(loss, args):
     return compiled, compiled.memory_analysis().temp_size_in_bytes
 
 
-def _median_time(compiled, args, repeats):
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
+def _interleaved_times(compiled, args, repeats):
+    """Median seconds per compiled fn, calls interleaved (a load change hits all paths alike)."""
+    outs = {k: jax.block_until_ready(c(*args)) for k, c in compiled.items()}  # warm-up
+    times = {k: [] for k in compiled}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for k, c in compiled.items():
+            t0 = time.perf_counter()
+            outs[k] = jax.block_until_ready(c(*args))
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t) for k, t in times.items()}, outs
 
 
-def run_row(n, d, v, *, vocab_block, chunk_size, repeats, dense_limit_gib, seed=0):
+def run_row(
+    n,
+    d,
+    v,
+    *,
+    vocab_block,
+    chunk_size,
+    repeats,
+    dense_limit_gib,
+    seed=0,
+    impl=None,
+    block_group=1,
+    extra_impls=(),
+):
+    """One shape: fused (``impl``) vs dense; ``extra_impls`` = more fused formulations timed in
+    the same run, interleaved call by call with the others (``{impl}_s``, ``{impl}_mem``)."""
     kh, kw, ky = jax.random.split(jax.random.key(seed), 3)
     hidden = jax.random.normal(kh, (n, d), jnp.float32)
     w = jax.random.normal(kw, (d, v), jnp.float32) / jnp.sqrt(d)
     labels = jax.random.randint(ky, (n,), 0, v)
     args = (hidden, w, labels)
 
-    fused_loss = _make_fused_loss(vocab_block, chunk_size)
+    fused_loss = _make_fused_loss(vocab_block, chunk_size, impl, block_group)
     fused_c, fused_mem = _compile(fused_loss, args)
     dense_c, dense_mem = _compile(_loss_dense, args)
     row = dict(n=n, d=d, v=v, fused_mem=fused_mem, dense_mem=dense_mem)
-    row["fused_s"], (_, gf) = _median_time(fused_c, args, repeats)
-    if dense_mem > dense_limit_gib * 2**30:
+    row["impl"] = impl or default_impl()
+    extra = {}
+    for name in extra_impls:
+        extra[name], row[f"{name}_mem"] = _compile(
+            _make_fused_loss(vocab_block, chunk_size, name, block_group), args
+        )
+    run_dense = dense_mem <= dense_limit_gib * 2**30
+    timed = {"fused": fused_c, **extra, **({"dense": dense_c} if run_dense else {})}
+    times, outs = _interleaved_times(timed, args, repeats)
+    row["fused_s"], gf = times["fused"], outs["fused"][1]
+    for name in extra:
+        row[f"{name}_s"] = times[name]
+    if not run_dense:
         row.update(dense_s=None, max_diff=None)
         return row
-    row["dense_s"], (_, gd) = _median_time(dense_c, args, repeats)
+    row["dense_s"], gd = times["dense"], outs["dense"][1]
     of = jax.jit(
         lambda h, w, y: fused_logprobs_and_entropy(
-            h, w, y, vocab_block=vocab_block, chunk_size=chunk_size
+            h, w, y, vocab_block=vocab_block, chunk_size=chunk_size, impl=impl
         )
     )(*args)
     od = jax.jit(_outputs_dense)(*args)
@@ -98,19 +136,26 @@ def run_row(n, d, v, *, vocab_block, chunk_size, repeats, dense_limit_gib, seed=
     return row
 
 
-def _fmt_row(r):
-    mem_ratio = r["dense_mem"] / max(r["fused_mem"], 1)
+def _fmt_rows(r):
+    """Table lines of one ``run_row`` result: the primary impl, then each extra impl."""
     shape = f"{r['n']}x{r['d']}x{r['v']}"
-    if r["dense_s"] is None:
-        dense_t, t_ratio, diff = "not run", "-", "-"
-    else:
-        dense_t = f"{r['dense_s']:.3f}"
-        t_ratio = f"{r['fused_s'] / r['dense_s']:.2f}x"
-        diff = f"{r['max_diff']:.1e}"
-    return (
-        f"| {shape} | {r['fused_mem'] / MIB:.1f} | {r['dense_mem'] / MIB:.1f} | 1/{mem_ratio:.0f} "
-        f"| {r['fused_s']:.3f} | {dense_t} | {t_ratio} | {diff} |"
-    )
+    dense_t = "not run" if r["dense_s"] is None else f"{r['dense_s']:.3f}"
+    lines = []
+    impls = [(r["impl"], r["fused_mem"], r["fused_s"], r["max_diff"])]
+    impls += [
+        (k[: -len("_s")], r[k[: -len("_s")] + "_mem"], r[k], None)
+        for k in r
+        if k.endswith("_s") and k[: -len("_s")] in IMPLS
+    ]
+    for impl, mem, sec, diff in impls:
+        t_ratio = "-" if r["dense_s"] is None else f"{sec / r['dense_s']:.2f}x"
+        diff_s = "-" if diff is None else f"{diff:.1e}"
+        lines.append(
+            f"| {shape} | {impl} | {mem / MIB:.1f} | {r['dense_mem'] / MIB:.1f} "
+            f"| 1/{r['dense_mem'] / max(mem, 1):.0f} | {sec:.3f} | {dense_t} | {t_ratio} "
+            f"| {diff_s} |"
+        )
+    return lines
 
 
 def machine_line():
@@ -122,30 +167,49 @@ def machine_line():
     )
 
 
+def _shape(text):
+    try:
+        n, d, v = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"row must be NxDxV, got {text!r}") from None
+    return n, d, v
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, a few seconds")
+    ap.add_argument("--rows", type=_shape, nargs="+", default=None, help="shapes NxDxV")
     ap.add_argument("--vocab-block", type=int, default=1024, help="fused vocab block (def 1024)")
     ap.add_argument("--chunk-size", type=int, default=None, help="fused token chunk (def: all)")
+    ap.add_argument(
+        "--impl",
+        nargs="+",
+        choices=IMPLS,
+        default=None,
+        help="fused forward formulation(s); the first gets the max|diff| check (def: by backend)",
+    )
+    ap.add_argument("--block-group", type=int, default=1, help="blocks per step for parallel")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per path (median)")
     ap.add_argument(
         "--dense-limit-gib", type=float, default=8.0, help="skip running dense above this temp"
     )
     args = ap.parse_args(argv)
-    rows = QUICK_ROWS if args.quick else DEFAULT_ROWS
+    rows = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
     repeats = args.repeats or (2 if args.quick else 3)
+    impls = args.impl or [default_impl()]
 
     print(machine_line())
     print(
-        f"fused: vocab_block={args.vocab_block}, chunk_size={args.chunk_size}; "
-        f"value_and_grad of mean(logp)+0.1*mean(H) w.r.t. hidden, W; fp32; "
-        f"median of {repeats} after warm-up"
+        f"fused: vocab_block={args.vocab_block}, chunk_size={args.chunk_size}, "
+        f"block_group={args.block_group}; value_and_grad of mean(logp)+0.1*mean(H) w.r.t. "
+        f"hidden, W; fp32; median of {repeats} interleaved calls after warm-up"
     )
     print(
-        "| N x D x V | fused temp MiB | dense temp MiB | mem ratio | fused s | dense s "
+        "| N x D x V | impl | fused temp MiB | dense temp MiB | mem ratio | fused s | dense s "
         "| time ratio | max abs diff |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
+    results = []
     for n, d, v in rows:
         r = run_row(
             n,
@@ -155,9 +219,14 @@ def main(argv=None):
             chunk_size=args.chunk_size,
             repeats=repeats,
             dense_limit_gib=args.dense_limit_gib,
+            impl=impls[0],
+            block_group=args.block_group,
+            extra_impls=tuple(impls[1:]),
         )
-        print(_fmt_row(r), flush=True)
+        results.append(r)
+        print("\n".join(_fmt_rows(r)), flush=True)
     print(f"load after run: {os.getloadavg()[0]:.2f}")
+    return results
 
 
 if __name__ == "__main__":

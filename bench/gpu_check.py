@@ -16,7 +16,9 @@ Sections:
   ``‖out − ref‖ / ‖ref‖``, the mean next-token NLL difference, and KV-cache decode (prefill + one
   token at a time) vs the full forward on the accelerator.
 * **fused** — ``bench.entropy_memory.run_row`` at N 8192 × D 1024 × V 131072 (float32): fused vs
-  dense log-prob + entropy, forward + backward, temp memory, time, max |Δ|.
+  dense log-prob + entropy, forward + backward, temp memory, time, max |Δ|; the backend's default
+  forward (``parallel`` on GPU/TPU, never timed there yet) with its max |Δ|, and the ``stream``
+  forward timed in the same run (``stream_s``, ``stream_mem``), calls interleaved.
 * **train** — one full training step (forward, backward, clip, AdamW; state donated) of a
   GPT-2-small-sized Llama (d 768, 12 layers, 12 heads, SwiGLU 2048, V 32000, seq 1024, batch 16,
   f32 params) with f32 and with bf16 compute: tokens/s and model-FLOPs utilisation against the
@@ -156,8 +158,10 @@ def sec_numerics(args):
 
 def sec_fused(args):
     from bench.entropy_memory import run_row
+    from entropylab.ops.fused import IMPLS, default_impl
 
     n, d, v = (256, 64, 4096) if args.quick else (8192, 1024, 131072)
+    impl = default_impl()
     r = run_row(
         n,
         d,
@@ -166,7 +170,16 @@ def sec_fused(args):
         chunk_size=None,
         repeats=3 if args.quick else 5,
         dense_limit_gib=48,
+        impl=impl,
+        block_group=1,
+        extra_impls=tuple(i for i in IMPLS if i != impl),
     )
+    for other in IMPLS:
+        if other == impl:
+            continue
+        r[f"{other}_mem_mib"] = r.pop(f"{other}_mem") / 2**20
+        if r.get("dense_s"):
+            r[f"{other}_time_ratio"] = r[f"{other}_s"] / r["dense_s"]
     r["mem_ratio"] = r["dense_mem"] / max(r["fused_mem"], 1)
     if r.get("dense_s"):
         r["time_ratio"] = r["fused_s"] / r["dense_s"]

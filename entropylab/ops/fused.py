@@ -20,6 +20,25 @@ accumulated block by block (``lax.fori_loop`` over vocabulary blocks, optionally
 token chunks of ``chunk_size`` rows). So forward and backward hold ``O(chunk · vocab_block)``
 temporaries instead of several ``N × V`` buffers.
 
+Two forward formulations (``impl``), same residuals, same backward:
+
+* ``"stream"`` — the running accumulators above, carried across blocks (a sequential dependency:
+  block b's update needs the max of blocks < b).
+* ``"parallel"`` — each block b computes its own partials with its own max m_b,
+  s_b = Σ e^(z − m_b), t_b = Σ e^(z − m_b)(z − m_b), z_y (``lax.map`` over block indices,
+  ``block_group`` blocks per step as one batched computation), and one reduction over the block
+  axis combines them: m = max_b m_b, s = Σ_b e^(m_b − m) s_b, t = Σ_b e^(m_b − m)(t_b + (m_b − m)
+  s_b). No block waits for another; the extra memory is four ``[n_blocks, chunk]`` floats.
+
+``impl=None`` picks by backend (:func:`default_impl`): ``"stream"`` on CPU (the two are within
+measurement noise there, see ``bench/README.md``), ``"parallel"`` on GPU/TPU — **unmeasured on
+accelerators so far**. No Pallas kernel exists yet; on an H100 the streaming version was 1.48×
+slower than dense (the recompute costs a 4th vocabulary matmul against dense's 3, so an XLA
+formulation can only win where dense is bound by its ``N × V`` memory traffic).
+
+``-inf`` logits (a masked vocabulary entry) get p = 0 and contribute exactly 0 to H and to dz
+(products are guarded, no 0·∞); only inputs that are themselves ±inf can produce them.
+
 Numerics: matmuls accumulate in float32 (``preferred_element_type``); the temperature divides
 *after* the upcast; the max uses the ``-inf`` identity (shift-invariant for all-negative logits);
 a ragged last block (V not a multiple of ``vocab_block``) is an overlapping block ending at V whose
@@ -91,7 +110,7 @@ def _chunk_forward(h, y, w_all, *, block, temp, with_entropy):
         s_new = alpha * s + jnp.sum(e, axis=1)
         if with_entropy:
             delta = jnp.where(s > 0, m - m_ref, 0.0)  # avoid (-inf) * 0
-            t_new = alpha * (t + delta * s) + jnp.sum(e * zs, axis=1)
+            t_new = alpha * (t + delta * s) + jnp.sum(jnp.where(e > 0, e * zs, 0.0), axis=1)
         else:
             t_new = t
         hit = valid & (col[None, :] == y[:, None])
@@ -117,6 +136,65 @@ def _chunk_forward(h, y, w_all, *, block, temp, with_entropy):
     return logp, log_s - ratio, m, log_s, ratio
 
 
+def _block_partials(h, y, w_all, b, *, block, temp, with_entropy):
+    """Partial statistics of vocabulary block ``b`` alone (no state from other blocks).
+
+    With m_b = max over the block, zs = z − m_b:  s_b = Σ e^zs,  t_b = Σ e^zs·zs,  zy_b = z_y if
+    y falls in the block (else 0). Masked columns and ``-inf`` logits contribute exactly 0.
+    """
+    v = w_all.shape[1]
+    iota = lax.iota(jnp.int32, block)
+    lo = b * block
+    start = jnp.minimum(lo, v - block)
+    z, _ = _block_logits(h, w_all, start, block, temp)
+    col = start + iota
+    valid = (col >= lo)[None, :]
+    z = jnp.where(valid, z, -jnp.inf)
+    mb = jnp.max(z, axis=1)
+    m_ref = jnp.where(jnp.isfinite(mb), mb, 0.0)
+    zs = z - m_ref[:, None]
+    e = jnp.exp(zs)  # 0 where z = -inf (masked)
+    s_b = jnp.sum(e, axis=1)
+    if with_entropy:
+        t_b = jnp.sum(jnp.where(e > 0, e * zs, 0.0), axis=1)
+    else:
+        t_b = jnp.zeros_like(s_b)
+    hit = valid & (col[None, :] == y[:, None])
+    zy = jnp.sum(jnp.where(hit, z, 0.0), axis=1)
+    return mb, s_b, t_b, zy
+
+
+def _chunk_forward_parallel(h, y, w_all, *, block, temp, with_entropy, group):
+    """(m, s, t, z_y) with no sequential dependency across vocabulary blocks.
+
+    Every block's partials (m_b, s_b, t_b, zy_b) are computed independently (``lax.map`` over
+    block indices, ``group`` blocks at a time as one batched computation), then combined in one
+    reduction over the block axis:
+
+        m = max_b m_b,  α_b = e^(m_b − m),  s = Σ_b α_b s_b,  t = Σ_b α_b (t_b + (m_b − m) s_b).
+    """
+    v = w_all.shape[1]
+    nb = -(-v // block)
+    part = functools.partial(
+        _block_partials, h, y, w_all, block=block, temp=temp, with_entropy=with_entropy
+    )
+    mb, sb, tb, zyb = lax.map(part, jnp.arange(nb, dtype=jnp.int32), batch_size=min(group, nb))
+    m = jnp.max(mb, axis=0)
+    m_ref = jnp.where(jnp.isfinite(m), m, 0.0)
+    alpha = jnp.exp(mb - m_ref[None, :])  # blocks with m_b = -inf → 0
+    s = jnp.sum(alpha * sb, axis=0)
+    zy = jnp.sum(zyb, axis=0)
+    log_s = jnp.log(s)
+    in_range = (y >= 0) & (y < v)
+    logp = jnp.where(in_range, (zy - m) - log_s, jnp.nan)
+    if not with_entropy:
+        return logp, None, m, log_s, None
+    delta = jnp.where(alpha > 0, mb - m_ref[None, :], 0.0)
+    t = jnp.sum(jnp.where(alpha > 0, alpha * (tb + delta * sb), 0.0), axis=0)
+    ratio = t / s
+    return logp, log_s - ratio, m, log_s, ratio
+
+
 def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, block, temp):
     """dh for chunk ``h [C, D]`` and dW accumulated into ``dw [D, V]`` (float32)."""
     v = w_all.shape[1]
@@ -137,7 +215,8 @@ def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, bl
         onehot = (valid & (col[None, :] == y[:, None])).astype(acc)
         dz = g_lp[:, None] * (onehot - p)
         if g_h is not None:
-            dz = dz - g_h[:, None] * p * (zm - ratio[:, None])  # z − μ; p = 0 where masked
+            # z − μ; p = 0 where masked or z = −inf (no 0·∞)
+            dz = dz - g_h[:, None] * jnp.where(p > 0, p * (zm - ratio[:, None]), 0.0)
         if temp != 1.0:
             dz = dz / jnp.asarray(temp, acc)
         # dz Wᵀ and hᵀ dz as contractions (no transposed copies of h or W).
@@ -162,16 +241,21 @@ def _chunk_starts(n, chunk):
     return nc, starts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _fused(hidden, w, labels, temp, chunk, block, with_entropy):
-    return _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _fused(hidden, w, labels, temp, chunk, block, with_entropy, group):
+    return _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group)[0]
 
 
-def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy):
+def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group):
+    """``group`` = 0: streaming forward (running max); ``group`` ≥ 1: block-parallel forward."""
     n = hidden.shape[0]
     kw = dict(block=block, temp=temp, with_entropy=with_entropy)
+    if group:
+        fwd = functools.partial(_chunk_forward_parallel, group=group)
+    else:
+        fwd = _chunk_forward
     if chunk >= n:
-        logp, ent, m, log_s, ratio = _chunk_forward(hidden, labels, w, **kw)
+        logp, ent, m, log_s, ratio = fwd(hidden, labels, w, **kw)
     else:
         nc, starts = _chunk_starts(n, chunk)
 
@@ -179,7 +263,7 @@ def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy):
             start, _ = starts(ci)
             h = lax.dynamic_slice_in_dim(hidden, start, chunk, axis=0)
             y = lax.dynamic_slice_in_dim(labels, start, chunk, axis=0)
-            outs = _chunk_forward(h, y, w, **kw)
+            outs = fwd(h, y, w, **kw)
             # Rows of an overlapping last chunk are recomputed to identical values: overwrite.
             return tuple(
                 c if o is None else lax.dynamic_update_slice_in_dim(c, o, start, axis=0)
@@ -193,7 +277,7 @@ def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy):
     return out, (hidden, w, labels, m, log_s, ratio)
 
 
-def _fused_bwd(temp, chunk, block, with_entropy, res, g):
+def _fused_bwd(temp, chunk, block, with_entropy, group, res, g):
     hidden, w, labels, m, log_s, ratio = res
     g_lp, g_h = g if with_entropy else (g, None)
     acc = _acc_dtype(hidden, w)
@@ -238,7 +322,22 @@ def _fused_bwd(temp, chunk, block, with_entropy, res, g):
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 # jit so that eager calls hit the compilation cache (the loop bodies are fresh closures per trace).
-_fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6))
+_fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6, 7))
+
+
+IMPLS = ("stream", "parallel")
+
+
+def default_impl(backend: str | None = None) -> str:
+    """Forward formulation used when ``impl=None``, by backend (``jax.default_backend()``).
+
+    CPU: ``"stream"`` (measured no slower than ``"parallel"`` here; see ``bench/README.md``).
+    GPU/TPU: ``"parallel"`` (no sequential dependency across vocabulary blocks). Its speed on
+    accelerators has NOT been measured yet (``python -m bench.gpu_check --only fused`` times
+    both formulations against dense).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return "stream" if backend == "cpu" else "parallel"
 
 
 def fused_logprobs_and_entropy(
@@ -250,6 +349,8 @@ def fused_logprobs_and_entropy(
     chunk_size: int | None = None,
     vocab_block: int = 1024,
     with_entropy: bool = True,
+    impl: str | None = None,
+    block_group: int = 1,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob of ``labels`` and full-vocabulary entropy from hidden states, without logits.
 
@@ -272,6 +373,15 @@ def fused_logprobs_and_entropy(
       vocab_block: vocabulary columns per block (clipped to V). 512–1024 was fastest on CPU; a
         ragged last block (V not a multiple) is fine.
       with_entropy: if False, skip the entropy accumulator (the no-entropy fast path).
+      impl: forward formulation. ``"stream"``: running (m, s, t) carried across vocabulary blocks
+        and rescaled when the max grows (a sequential dependency between blocks).
+        ``"parallel"``: each block's partials (m_b, s_b, t_b, z_y) computed independently,
+        ``block_group`` blocks per step as one batched computation, then combined in a single
+        reduction over blocks (no cross-block dependency). ``None`` picks by backend
+        (:func:`default_impl`). Both give the same values to float32 rounding and share the
+        backward, the residuals and the ``custom_vjp`` contract.
+      block_group: blocks per step of the ``"parallel"`` forward (temporaries grow as
+        ``block_group × chunk × vocab_block``); ignored by ``"stream"``.
 
     Returns:
       Always a pair ``(logp, entropy)`` of float32 arrays of shape ``labels.shape``; ``entropy``
@@ -314,6 +424,11 @@ def fused_logprobs_and_entropy(
     _check_positive_int("chunk_size", chunk_size, allow_none=True)
     if not isinstance(with_entropy, bool):
         raise ValueError(f"with_entropy must be a bool, got {with_entropy!r}")
+    if impl is None:
+        impl = default_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
+    _check_positive_int("block_group", block_group)
     v = unembedding.shape[1]
     if v == 0:
         raise ValueError("unembedding must have V >= 1 columns")
@@ -328,7 +443,8 @@ def fused_logprobs_and_entropy(
         return empty, (empty if with_entropy else None)
     chunk = n if chunk_size is None else min(chunk_size, n)
     block = min(vocab_block, v)
-    out = _fused_jit(h, unembedding, y, float(temperature), chunk, block, with_entropy)
+    group = block_group if impl == "parallel" else 0
+    out = _fused_jit(h, unembedding, y, float(temperature), chunk, block, with_entropy, group)
     if with_entropy:
         logp, ent = out
         return logp.reshape(out_shape), ent.reshape(out_shape)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
+from entropylab.ops import fused as fused_mod
 from entropylab.ops import fused_logprobs_and_entropy, logprobs_and_entropy
 
 # ----------------------------------------------------------------------------- float64 reference
@@ -111,11 +112,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("n,d,v,block,chunk,temp", CASES)
-def test_matches_float64_reference_and_dense(n, d, v, block, chunk, temp):
+# the block-parallel forward on the cases with ragged blocks/chunks (+ block > V, V = 1)
+PARALLEL_CASES = [(*CASES[1], "parallel", 2), (*CASES[4], "parallel", 1)]
+
+
+@pytest.mark.parametrize(
+    "n,d,v,block,chunk,temp,impl,group",
+    [(*c, "stream", 1) for c in CASES] + PARALLEL_CASES,
+)
+def test_matches_float64_reference_and_dense(n, d, v, block, chunk, temp, impl, group):
     h, w, y = _inputs(n, d, v, seed=n + v)
     a, b = _weights(n)
-    kw = dict(temperature=temp, vocab_block=block, chunk_size=chunk)
+    kw = dict(temperature=temp, vocab_block=block, chunk_size=chunk, impl=impl, block_group=group)
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
@@ -176,10 +184,11 @@ def test_no_entropy_fast_path():
     np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_inputs():
+@pytest.mark.parametrize("impl", ["stream"])
+def test_bf16_inputs(impl):
     h, w, y = _inputs(40, 32, 300, dtype=jnp.bfloat16)
     a, b = _weights(40)
-    kw = dict(vocab_block=64, temperature=0.9)
+    kw = dict(vocab_block=64, temperature=0.9, impl=impl, block_group=2)
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
@@ -215,10 +224,11 @@ def test_check_grads_x64(x64):
         check_grads(f, (h, w), order=1, modes=("rev",))
 
 
-def test_x64_matches_reference_tightly(x64):
+@pytest.mark.parametrize("impl", ["stream", "parallel"])
+def test_x64_matches_reference_tightly(impl, x64):
     h, w, y = _inputs(9, 5, 23, dtype=jnp.float64)
     a, b = _weights(9)
-    kw = dict(vocab_block=6, chunk_size=4, temperature=0.8)
+    kw = dict(vocab_block=6, chunk_size=4, temperature=0.8, impl=impl, block_group=3)
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     ref = np_reference(h, w, y, 0.8, a, b)
@@ -226,17 +236,19 @@ def test_x64_matches_reference_tightly(x64):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
 
 
-def test_jit_and_no_nv_buffer():
+@pytest.mark.parametrize("impl,group", [("stream", 1), ("parallel", 2)])
+def test_jit_and_no_nv_buffer(impl, group):
     n, d, v = 256, 16, 4096
     h, w, y = _inputs(n, d, v)
     a, b = _weights(n)
-    loss = _fused_loss(a, b, vocab_block=256)
+    loss = _fused_loss(a, b, vocab_block=256, impl=impl, block_group=group)
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     compiled = grad.lower(h, w, y).compile()
     hlo = compiled.as_text()
     assert f"[{n},{v}]" not in hlo and f"[{v},{n}]" not in hlo
-    # temporaries must be far below one [N, V] float32 buffer (4 MiB here)
-    assert compiled.memory_analysis().temp_size_in_bytes < n * v * 4 / 4
+    # temporaries must be far below one [N, V] float32 buffer (4 MiB here); they grow with the
+    # number of blocks the parallel forward processes per step
+    assert compiled.memory_analysis().temp_size_in_bytes < group * n * v * 4 / 4
     val, (gh, gw) = compiled(h, w, y)
     eager_val = loss(h, w, y)
     np.testing.assert_allclose(val, eager_val, rtol=1e-5)
@@ -244,14 +256,15 @@ def test_jit_and_no_nv_buffer():
     np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
 
 
-def test_extreme_values_are_finite():
-    # |h·W| ~ 1e4: shift by the running max must keep everything finite.
+@pytest.mark.parametrize("impl", ["stream", "parallel"])
+def test_extreme_values_are_finite(impl):
+    # |h·W| ~ 1e4: shift by the running (or per-block) max must keep everything finite.
     h = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]) * 1e4
     w = jnp.array([[1.0, -1.0, 0.5, 0.999, 0.0], [-1.0, 0.2, 1.0, -0.3, 0.0]])
     y = jnp.array([0, 1, 3, 4])
     a, b = _weights(4)
     fused = _values_and_grads(
-        lambda h, w, y: fused_logprobs_and_entropy(h, w, y, vocab_block=2), a, b
+        lambda h, w, y: fused_logprobs_and_entropy(h, w, y, vocab_block=2, impl=impl), a, b
     )
     logp, ent, gh, gw = fused(h, w, y)
     for x in (logp, ent, gh, gw):
@@ -263,13 +276,14 @@ def test_extreme_values_are_finite():
     np.testing.assert_allclose(gw, r_gw, atol=1e-3)
 
 
-def test_all_negative_logits_shift_invariant():
+@pytest.mark.parametrize("impl", ["stream"])
+def test_all_negative_logits_shift_invariant(impl):
     """A 0 identity for the max (verl PR #7439) would break this; −inf does not."""
     h, w, y = _inputs(10, 4, 30)
     shift = jnp.concatenate([h, jnp.ones((10, 1))], axis=1)
     w_shift = jnp.concatenate([w, jnp.full((1, 30), -500.0)], axis=0)
-    base = fused_logprobs_and_entropy(h, w, y, vocab_block=8)
-    out = fused_logprobs_and_entropy(shift, w_shift, y, vocab_block=8)
+    base = fused_logprobs_and_entropy(h, w, y, vocab_block=8, impl=impl)
+    out = fused_logprobs_and_entropy(shift, w_shift, y, vocab_block=8, impl=impl)
     np.testing.assert_allclose(out[0], base[0], atol=1e-3)
     np.testing.assert_allclose(out[1], base[1], atol=1e-3)
 
@@ -279,6 +293,81 @@ def test_out_of_range_label_gives_nan_logp_only():
     logp, ent = fused_logprobs_and_entropy(h, w, jnp.array([1, 10, -1]), vocab_block=4)
     assert np.isfinite(logp[0]) and np.isnan(logp[1]) and np.isnan(logp[2])
     assert np.all(np.isfinite(ent))
+
+
+@pytest.mark.parametrize("impl", ["stream", "parallel"])
+def test_minus_inf_logits_are_masked_vocabulary(impl):
+    # −inf logits (a masked vocabulary entry: a −inf weight on a constant-1 feature) have p = 0
+    # and contribute exactly 0 to H; the old streaming forward gave NaN entropy (0·(−inf)).
+    # A whole vocabulary block of −inf (block 2 = columns 8..11) exercises m_b = −inf.
+    h, w, y = _inputs(6, 3, 14, seed=3)
+    h = jnp.concatenate([h, jnp.ones((6, 1))], axis=1)
+    bias = np.zeros(14, np.float32)
+    bias[[1, 8, 9, 10, 11, 13]] = -np.inf
+    w = jnp.concatenate([w, jnp.asarray(bias)[None, :]], axis=0)
+    y = jnp.array([0, 2, 3, 5, 12, 7], jnp.int32)
+    a, b = _weights(6)
+    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=4, impl=impl)
+    z = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+    keep = np.isfinite(z[0])
+    r_logp, r_ent = np_reference(np.eye(6), z[:, keep], np.searchsorted(np.flatnonzero(keep), y))
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=1e-5)
+    # gradients w.r.t. the finite features and head rows: masked columns get exactly 0 in dW,
+    # and the reference is the float64 law on the unmasked columns only
+    hf, wf = h[:, :3], w[:3]
+
+    def loss(hf, wf):
+        hh = jnp.concatenate([hf, h[:, 3:]], 1)
+        lp, en = fused_logprobs_and_entropy(
+            hh, jnp.concatenate([wf, w[3:]], 0), y, vocab_block=4, impl=impl
+        )
+        return jnp.sum(a * lp) + jnp.sum(b * en)
+
+    gh, gw = jax.jit(jax.grad(loss, (0, 1)))(hf, wf)
+    y_kept = np.searchsorted(np.flatnonzero(keep), y)
+    _, _, r_gh, r_gw = np_reference(hf, np.asarray(wf)[:, keep], y_kept, 1.0, a, b)
+    np.testing.assert_allclose(gh, r_gh, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw)[:, keep], r_gw, rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(gw)[:, ~keep] == 0.0)
+
+
+def test_block_partials_are_independent_and_combine():
+    # the parallel forward's per-block partials depend on their block only: (m_b, s_b, t_b)
+    # equal a float64 computation on that block's logits, and their one-step combination equals
+    # the full-vocabulary logsumexp / entropy.
+    h, w, y = _inputs(5, 4, 10, seed=7)
+    z = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+    block = 4  # blocks [0,4), [4,8), ragged last block = columns 6..9 with 6, 7 masked
+    for bi, cols in enumerate([range(0, 4), range(4, 8), range(8, 10)]):
+        mb, sb, tb, zy = fused_mod._block_partials(
+            h, y, w, bi, block=block, temp=1.0, with_entropy=True
+        )
+        zb = z[:, list(cols)]
+        m_ref = zb.max(1)
+        e = np.exp(zb - m_ref[:, None])
+        np.testing.assert_allclose(mb, m_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sb, e.sum(1), rtol=1e-5)
+        np.testing.assert_allclose(tb, (e * (zb - m_ref[:, None])).sum(1), rtol=1e-5, atol=1e-6)
+        in_b = np.isin(np.asarray(y), list(cols))
+        np.testing.assert_allclose(zy, np.where(in_b, z[np.arange(5), y], 0.0), atol=1e-6)
+    logp, ent, *_ = fused_mod._chunk_forward_parallel(
+        h, y, w, block=block, temp=1.0, with_entropy=True, group=2
+    )
+    r_logp, r_ent = np_reference(h, w, y)
+    np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=1e-6)
+
+
+def test_default_impl_by_backend():
+    assert fused_mod.default_impl("cpu") == "stream"
+    assert fused_mod.default_impl("gpu") == "parallel"
+    assert fused_mod.default_impl("tpu") == "parallel"
+    h, w, y = _inputs(4, 3, 9)
+    np.testing.assert_array_equal(
+        fused_logprobs_and_entropy(h, w, y, vocab_block=4)[1],
+        fused_logprobs_and_entropy(h, w, y, vocab_block=4, impl=fused_mod.default_impl())[1],
+    )
 
 
 @settings(max_examples=5, deadline=None)
@@ -315,6 +404,8 @@ def test_property_matches_reference(n, v, block, chunk, seed):
         (dict(temperature=0.0), "temperature"),
         (dict(temperature=jnp.float32(1.0)), "temperature"),
         (dict(with_entropy="yes"), "with_entropy"),
+        (dict(impl="pallas"), "impl"),
+        (dict(impl="parallel", block_group=0), "block_group"),
     ],
 )
 def test_bad_input_raises(kwargs, match):
