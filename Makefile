@@ -5,16 +5,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-install lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[train]"
 	touch $(STAMP)
 
 $(STAMP_TEST): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test,hf]"
+	$(PY) -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP_TEST)
 
 # The main job on its tiny default: the Entropy Mechanism study (SFT warm start, then GRPO with
@@ -33,7 +33,12 @@ format: $(STAMP_TEST)
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not install"
+
+# The losses-only install: a fresh venv with `pip install entropylab` (core deps only, built with
+# the declared setuptools floor) runs the README losses example (~1-3 min: pip installs jax).
+test-install: $(STAMP_TEST)
+	$(VENV)/bin/pytest -q -n 0 -m install tests/losses/readme_example_test.py
 
 bench: $(STAMP_TEST)
 	$(PY) -m bench.entropy_memory

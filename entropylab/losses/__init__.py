@@ -1,8 +1,12 @@
 """Policy-gradient losses, advantages, KL penalties and entropy interventions (pure ``jnp``).
 
-Every loss has the signature ``fn(logp, old_logp, advantages, mask, *, hparams...,
-axis_name=None) -> (loss, metrics)`` on ``[B, T]`` arrays; see ``entropylab/losses/policy.py``.
-No Flax; nothing here imports from the layers above ``entropylab.ops``.
+Every policy loss has the signature ``fn(logp, old_logp, advantages, mask, *, hparams...,
+token_weights=None, loss_agg_mode=..., axis_name=None) -> (loss, metrics)``: ``logp``/``mask``
+``[B, T]``, ``old_logp`` ``[B, T]`` or ``None`` (on-policy), advantages ``[B]`` or ``[B, T]``,
+and the metrics always include :data:`BASE_METRICS`; see ``entropylab/losses/policy.py``.
+``token_entropy`` / ``logprobs_and_entropy`` (from ``entropylab.ops``) give the per-token
+entropy and log-probs that the entropy methods read. No Flax; nothing here imports from the
+layers above ``entropylab.ops`` (``pip install entropylab`` is enough).
 """
 
 from entropylab.losses.advantages import (
@@ -40,6 +44,7 @@ from entropylab.losses.covariance import (
     clip_cov_loss,
     clip_cov_mask,
     covariance_stats,
+    data_key,
     kl_cov_loss,
     kl_cov_mask,
     predicted_entropy_change,
@@ -86,13 +91,21 @@ from entropylab.losses.objective import (
     build_objective,
 )
 from entropylab.losses.policy import (
+    BASE_METRICS,
+    PolicyBatch,
     cispo_loss,
+    clipped_surrogate,
     gspo_loss,
+    importance_ratio,
+    log_ratio,
+    policy_batch,
     ppo_clip_loss,
     ppo_clip_per_token,
+    reduce_policy_loss,
     reinforce_loss,
 )
 from entropylab.losses.registry import (
+    SumCount,
     register_advantage_shaper,
     register_policy_loss,
     register_regularizer,
@@ -112,8 +125,20 @@ from entropylab.losses.siren import (
     top_p_entropy,
 )
 from entropylab.losses.steer import steer_loss, steer_omega, steer_weights
+from entropylab.ops.entropy import logprobs_and_entropy, token_entropy
 
 __all__ = [
+    "BASE_METRICS",
+    "PolicyBatch",
+    "SumCount",
+    "clipped_surrogate",
+    "data_key",
+    "importance_ratio",
+    "log_ratio",
+    "logprobs_and_entropy",
+    "policy_batch",
+    "reduce_policy_loss",
+    "token_entropy",
     "Objective",
     "ObjectiveConfig",
     "ObjectiveInputs",
