@@ -38,6 +38,8 @@ class MeshConfig:
     def __post_init__(self):
         sizes = self.shape
         for name, size in zip(AXES, sizes):
+            if isinstance(size, bool) or not isinstance(size, int | np.integer):
+                raise TypeError(f"MeshConfig.{name} must be an int, got {size!r}")
             if size == 0 or size < -1:
                 raise ValueError(f"MeshConfig.{name} must be >= 1 or -1, got {size}")
         if sizes.count(-1) > 1:
@@ -105,23 +107,48 @@ def shard_state(tree, mesh: jax.sharding.Mesh):
     return jax.device_put(tree, state_shardings(tree, mesh))
 
 
-def shard_batch(batch, mesh: jax.sharding.Mesh):
+def process_rows(global_rows: int, mesh: jax.sharding.Mesh) -> slice:
+    """The rows of a ``[global_rows, ...]`` batch that live on this process's devices.
+
+    Read from the batch sharding itself (so it holds whatever order the mesh puts the devices
+    in); they form one contiguous block per process for a ``("data", "fsdp")`` split.
+    """
+    idx = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
+    starts = [s[0].start or 0 for s in idx.values()]
+    stops = [global_rows if s[0].stop is None else s[0].stop for s in idx.values()]
+    lo, hi = min(starts), max(stops)
+    covered = sorted(set(zip(starts, stops)))
+    if sum(b - a for a, b in covered) != hi - lo:
+        raise ValueError(f"this process's batch rows are not contiguous: {covered}")
+    return slice(lo, hi)
+
+
+def shard_batch(batch, mesh: jax.sharding.Mesh, *, local: bool = False):
     """Place a host batch (dict of ``[B, ...]`` arrays) with the batch dim over data+fsdp.
 
-    Single process: ``batch`` is the global batch. Several processes: each passes its local
-    slice (``B / process_count`` rows) and the global array is assembled.
+    By default ``batch`` is the *global* batch, the same on every process (deterministic data
+    iterators); with several processes each keeps only its own rows (:func:`process_rows`).
+    With ``local=True`` each process passes just its rows (``B / process_count`` of them).
     """
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     sharding = batch_sharding(mesh)
+    nproc = jax.process_count()
     for k, v in batch.items():
-        rows = np.shape(v)[0] * jax.process_count()
+        rows = np.shape(v)[0] * (nproc if local else 1)
         if rows % n:
             raise ValueError(
                 f"batch[{k!r}] has {rows} global rows, not divisible by data*fsdp = {n}"
             )
-    if jax.process_count() == 1:
+    if nproc == 1:
         return jax.device_put(batch, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        rows = v.shape[0] * (nproc if local else 1)
+        if not local:
+            v = v[process_rows(rows, mesh)]
+        out[k] = jax.make_array_from_process_local_data(sharding, v, (rows,) + v.shape[1:])
+    return out
 
 
 def jit_train_step(

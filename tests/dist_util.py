@@ -179,3 +179,40 @@ def assert_matches_distributed(
         got = grad_distributed(fn, batch_args, kw, argnums, n_devices=n_devices)
         _assert_tree_close(got, want, atol=atol, rtol=rtol, what="shard_map grad")
     return ref
+
+
+# ---- multi-process (multi-host) LM test helpers -----------------------------------------------
+
+
+def lm_setup(mesh_devices: int):
+    """The tiny LM run of tests/distributed_test.py: ``(model, batches, cfg)``.
+
+    ``mesh_devices`` sizes the ``data`` axis (``-1`` = every device of every process).
+    """
+    from flax import nnx
+
+    from entropylab.models import Transformer, TransformerConfig
+    from entropylab.parallel import MeshConfig
+    from entropylab.train import LMBatches, OptimConfig, TrainConfig
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    base = np.tile(np.arange(64), n // 64 + 1)[:n]
+    tokens = np.where(rng.random(n) < 0.1, rng.integers(0, 64, n), base).astype(np.int32)
+    model = Transformer(TransformerConfig.smoke(vocab_size=64), rngs=nnx.Rngs(0))
+    batches = LMBatches(tokens, batch_size=4, seq_len=16, seed=5)
+    cfg = TrainConfig(
+        steps=3,
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=3),
+        mesh=MeshConfig(data=mesh_devices),
+        progress=False,
+    )
+    return model, batches, cfg
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]

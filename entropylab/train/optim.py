@@ -16,9 +16,19 @@ References: arXiv:1711.05101 (AdamW), arXiv:1608.03983 (cosine schedule).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
+import numpy as np
 import optax
+
+
+def _check_real(name: str, value) -> None:
+    """A finite Python/NumPy real scalar (arrays and NaN/inf are refused, naming the field)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,6 +46,14 @@ class OptimConfig:
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
+        for name in ("learning_rate", "min_lr_ratio", "weight_decay", "b1", "b2", "eps"):
+            _check_real(name, getattr(self, name))
+        if self.max_grad_norm is not None:
+            _check_real("max_grad_norm", self.max_grad_norm)
+        for name in ("warmup_steps", "total_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.total_steps <= 0:

@@ -1,0 +1,33 @@
+"""One process of the localhost multi-process LM test (run by tests/distributed_test.py).
+
+Usage: python tests/dist_lm_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
+Each process has 2 CPU devices; the mesh spans all processes (data = -1).
+"""
+
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 2)
+
+from entropylab import distributed  # noqa: E402
+
+pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+distributed.initialize(
+    distributed.DistributedConfig(
+        coordinator=f"localhost:{port}", num_processes=nproc, process_id=pid
+    )
+)
+
+from dist_util import lm_setup  # noqa: E402
+
+from entropylab.train import train  # noqa: E402
+
+assert jax.process_count() == nproc and len(jax.devices()) == 2 * nproc
+model, batches, cfg = lm_setup(mesh_devices=-1)
+result = train(model, batches, cfg, workdir=out)
+if distributed.is_main_process():
+    with open(f"{out}/history.json", "w") as f:
+        json.dump(result.history, f)
+print(f"process {pid}: done", flush=True)
