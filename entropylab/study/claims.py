@@ -146,6 +146,8 @@ class Claim:
                     f"effect_of_interest must be given and > margin for {self.test}, "
                     f"got {self.effect_of_interest}"
                 )
+        if self.baseline is not None and self.baseline == self.arm:
+            raise ValueError(f"arm and baseline must differ, both are {self.arm!r}")
         if self.test in ("non_inferiority", "equivalence") and self.baseline is None:
             raise ValueError(f"baseline is required for a {self.test} claim")
 

@@ -189,6 +189,8 @@ def test_claim_validation():
         outcome_claim(effect_of_interest=None)
     with pytest.raises(ValueError, match="margin must be > 0"):
         outcome_claim(test="equivalence")
+    with pytest.raises(ValueError, match="must differ"):
+        outcome_claim(baseline="treat")
     with pytest.raises(ValueError, match="mean_last"):
         outcome_claim(reduce="mean_last:x")
     with pytest.raises(TypeError, match="trend claim"):
