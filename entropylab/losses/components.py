@@ -379,7 +379,10 @@ def _ares_kl(inputs, ctx, *, kl_coef=1e-2, kind="low_var_kl", **kw):
     """
     b = jnp.asarray(_extra(inputs, "difficulty", "regularizer 'ares_kl'"))
     coefs = _ares.ares_kl_coefficients(ctx.state, b, kl_coef=kl_coef)
-    k = _kl.kl_penalty(inputs.logp, inputs.ref_logp, kind=kind)
+    valid = jnp.asarray(inputs.mask) != 0  # padding (any value) reaches no value or gradient
+    k = _kl.kl_penalty(
+        jnp.where(valid, inputs.logp, 0.0), jnp.where(valid, inputs.ref_logp, 0.0), kind=kind
+    )
     loss = aggregate(
         coefs[:, None].astype(k.dtype) * k,
         inputs.mask,
@@ -388,7 +391,6 @@ def _ares_kl(inputs, ctx, *, kl_coef=1e-2, kind="low_var_kl", **kw):
         axis_name=ctx.axis_name,
     )
     m = {}
-    valid = jnp.asarray(inputs.mask) != 0
     for d, nm in enumerate(_BUCKETS):
         sel = valid & (b == d)[:, None]
         m[f"ares/kl_{nm}"] = masked_mean(_sg(k), sel, axis_name=ctx.axis_name)

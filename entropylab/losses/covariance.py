@@ -269,8 +269,9 @@ def clip_cov_loss(
     ``cov/mean``, ``cov/clip_cov_frac`` (fraction of valid tokens detached),
     ``cov/clip_cov_candidates``. Shapes and conventions: :mod:`entropylab.losses.policy`.
 
-    References: arXiv:2505.22617 (Clip-Cov); checked against verl
-    ``core_algos.compute_policy_loss_clip_cov`` (tests/losses/covariance_test.py).
+    References: arXiv:2505.22617 (Clip-Cov); checked against ``verl/trainer/ppo/core_algos.py``
+    ``compute_policy_loss_clip_cov`` of verl (b178a3cd56f5) and of
+    ``PRIME-RL/Entropy-Mechanism-of-RL`` (88505792fd97) (tests/losses/covariance_test.py).
     """
     b = policy_batch(
         "clip_cov_loss",
@@ -370,8 +371,9 @@ def kl_cov_loss(
     ``cov/kl_cov_abs_kl`` (``mean |d|``, the code's redefined ``ppo_kl``), ``cov/mean``,
     ``cov/kl_cov_frac``. Shapes and conventions: :mod:`entropylab.losses.policy`.
 
-    References: arXiv:2505.22617 (KL-Cov); checked against verl
-    ``core_algos.compute_policy_loss_kl_cov`` (tests/losses/covariance_test.py).
+    References: arXiv:2505.22617 (KL-Cov); checked against ``verl/trainer/ppo/core_algos.py``
+    ``compute_policy_loss_kl_cov`` of verl (b178a3cd56f5) and of
+    ``PRIME-RL/Entropy-Mechanism-of-RL`` (88505792fd97) (tests/losses/covariance_test.py).
     """
     b = policy_batch(
         "kl_cov_loss",

@@ -109,7 +109,8 @@ def forking_token_loss(
     :mod:`entropylab.losses.policy`.
 
     References: arXiv:2506.01939; DAPO arXiv:2503.14476; checked against
-    ``Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR`` (tests/losses/forking_test.py).
+    ``Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR`` ``verl/trainer/ppo/core_algos.py`` and
+    ``verl/workers/actor/dp_actor.py`` at 6f5dda6f70db (tests/losses/forking_test.py).
     """
     b = policy_batch(
         "forking_token_loss",

@@ -69,8 +69,9 @@ def _forward(logp, ref_logp, base: str) -> jax.Array:
 def kl_penalty(logp, ref_logp, *, kind: str = "low_var_kl") -> jax.Array:
     """Per-token KL estimate between the current and the reference policy (table above).
 
-    Computed in at least float32. An ``inf − inf`` difference (both log-probs ``-inf``) is taken
-    as 0 so masked padding never produces NaN values or gradients. ``kind`` ending in ``+``
+    Computed in at least float32. An ``inf − inf`` difference (both log-probs the same
+    infinity, e.g. ``-inf`` padding) is taken as 0, with no gradient; a NaN input gives NaN
+    (never a finite 0: the NaN policy of every loss here). ``kind`` ending in ``+``
     (e.g. ``"k3+"``) returns the estimator's value with the k2 gradient (verl's straight-through
     form: ``k2 − sg(k2) + sg(k)``, with the log-ratio in the k2 gradient carrier clamped to ±20
     so it stays finite); ``"k2+"``/``"mse+"`` equal ``"k2"``. ``k1``/``abs``/``k2`` of a ``−inf``
@@ -86,7 +87,7 @@ def kl_penalty(logp, ref_logp, *, kind: str = "low_var_kl") -> jax.Array:
     dtype = jnp.result_type(logp.dtype, ref_logp.dtype, jnp.float32)
     logp = logp.astype(dtype)
     ref_logp = ref_logp.astype(dtype)
-    bad = jnp.isnan(logp - ref_logp)
+    bad = jnp.isinf(logp) & (logp == ref_logp)
     logp = jnp.where(bad, 0.0, logp)
     ref_logp = jnp.where(bad, 0.0, ref_logp)
     value = _forward(logp, ref_logp, base)
@@ -110,16 +111,24 @@ def kl_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """KL-to-reference loss term ``agg(kl_penalty(logp, ref_logp, kind))`` (verl ``use_kl_loss``).
 
-    Unscaled: the trainer adds ``kl_coef · loss`` (verl ``kl_loss_coef``, default 1e-3, with
-    ``kl_loss_type = low_var_kl``). Metrics: ``kl/<kind>`` = the loss (``kind`` as given).
+    A NaN in ``logp``/``ref_logp`` at a valid token gives a NaN loss; masked tokens are
+    ignored (any value). Unscaled: the trainer adds ``kl_coef · loss`` (verl ``kl_loss_coef``,
+    default 1e-3, with ``kl_loss_type = low_var_kl``). Metrics: ``kl/<kind>`` = the loss
+    (``kind`` as given).
     Shapes: ``[B, T]`` inputs; scalar outputs; global over ``axis_name``.
 
     References: GRPO arXiv:2402.03300; verl ``dp_actor`` (``kl_loss``).
     """
     check_loss_agg_mode(loss_agg_mode)
-    kld = kl_penalty(logp, ref_logp, kind=kind)
-    if kld.ndim != 2:
-        raise ValueError(f"kl_loss expects per-token arrays [B, T], got shape {kld.shape}")
+    logp, ref_logp = jnp.asarray(logp), jnp.asarray(ref_logp)
+    if logp.ndim != 2:
+        raise ValueError(f"kl_loss expects per-token arrays [B, T], got logp shape {logp.shape}")
+    if jnp.shape(mask) != logp.shape:
+        got = jnp.shape(mask)
+        raise ValueError(f"kl_loss: mask must have logp's shape {logp.shape}, got {got}")
+    # masked entries are selected out first: NaN/inf padding reaches no value and no gradient
+    valid = jnp.asarray(mask) != 0
+    kld = kl_penalty(jnp.where(valid, logp, 0.0), jnp.where(valid, ref_logp, 0.0), kind=kind)
     loss = aggregate(
         kld, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
     )

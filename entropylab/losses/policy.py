@@ -372,7 +372,8 @@ def ppo_clip_loss(
 
     References: PPO arXiv:1707.06347; DAPO arXiv:2503.14476; dual-clip arXiv:1912.09729;
     Dr. GRPO (``seq-mean-token-sum-norm``) arXiv:2503.20783; checked against verl
-    ``core_algos.compute_policy_loss_vanilla`` (tests/losses/policy_test.py).
+    ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_vanilla`` at b178a3cd56f5
+    (tests/losses/policy_test.py).
     """
     b = policy_batch(
         "ppo_clip_loss",
@@ -434,7 +435,7 @@ def reinforce_loss(
     sampling ``pg/is_ratio_mean``. Shapes: see the module docstring; outputs scalars.
 
     References: Williams 1992 (REINFORCE); GPG arXiv:2504.02546; checked against verl
-    ``core_algos.compute_policy_loss_gpg``.
+    ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_gpg`` at b178a3cd56f5.
     """
     b = policy_batch(
         "reinforce_loss",
@@ -513,7 +514,7 @@ def gspo_loss(
     s_i over sequences with tokens). Shapes: see the module docstring; outputs scalars.
 
     References: GSPO arXiv:2507.18071; checked against verl
-    ``core_algos.compute_policy_loss_gspo``.
+    ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_gspo`` at b178a3cd56f5.
     """
     b = policy_batch(
         "gspo_loss",
@@ -575,7 +576,7 @@ def cispo_loss(
     ``pg/clipfrac_lower`` 0). Shapes: see the module docstring; outputs scalars.
 
     References: MiniMax-M1 arXiv:2506.13585; checked against verl
-    ``core_algos.compute_policy_loss_cispo``.
+    ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_cispo`` at b178a3cd56f5.
     """
     b = policy_batch(
         "cispo_loss",

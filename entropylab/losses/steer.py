@@ -156,7 +156,8 @@ def steer_loss(
     conventions: :mod:`entropylab.losses.policy`.
 
     References: arXiv:2510.10150; checked against ``zz-haooo/STEER``
-    ``compute_policy_loss_with_entropy`` (tests/losses/steer_test.py).
+    ``verl/trainer/ppo/core_algos.py`` (``compute_token_weights``,
+    ``compute_policy_loss_with_entropy``) at b31df71652cd (tests/losses/steer_test.py).
     """
     b = policy_batch(
         "steer_loss",

@@ -204,3 +204,27 @@ def test_bad_config_and_kind():
         kl_loss(jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.ones((2, 2)), loss_agg_mode="sum")
     with pytest.raises(ValueError, match="controller"):
         kl_controller_init("adaptive")
+
+
+def test_nan_logprob_is_never_a_finite_kl():
+    """Issue 12: a NaN log-prob at a valid token gives NaN (the old code mapped every NaN
+    difference to 0); a NaN under the mask is ignored, value and gradient."""
+    logp, ref, mask = batch(6)
+    i, j = np.argwhere(mask)[0]
+    for kind in ("k3", "k3+", "k1", "k2"):
+        bad = logp.copy()
+        bad[i, j] = np.nan
+        assert np.isnan(np.asarray(kl_penalty(bad, ref, kind=kind))[i, j]), kind
+        (loss, _), g = jax.value_and_grad(
+            lambda lp, kind=kind: kl_loss(lp, ref, mask, kind=kind), has_aux=True
+        )(bad)
+        assert np.isnan(loss), kind
+        m2 = mask.copy()
+        m2[i, j] = False
+        (loss, _), g = jax.value_and_grad(
+            lambda lp, kind=kind, m2=m2: kl_loss(lp, ref, m2, kind=kind), has_aux=True
+        )(bad)
+        assert np.isfinite(loss) and np.all(np.isfinite(np.asarray(g))), kind
+    # both −inf (padding under both policies) is still 0, with a zero gradient
+    both = np.full((1, 1), -np.inf, np.float32)
+    assert float(kl_penalty(both, both, kind="k3")[0, 0]) == 0.0
