@@ -25,12 +25,20 @@ Usage (the RL trainer's interface)::
 ``objective.needs`` / ``objective.needs_logits`` say which inputs to compute.
 (``objective.update_state(state, metrics)`` is the older per-metrics form, still supported.)
 
-Metrics are namespaced: ``pg/*`` (policy loss), ``kl/*``, ``entropy/*``, ``cov/*``, ``<method>/*``,
+Components are bound by name (:mod:`entropylab.losses.registry`): a registered library function
+gets ``inputs.<field>`` for each parameter named after a field (``entropy``, ``ref_logp``,
+``token_weights``, …), ``inputs.extras[name]`` for its declared extras, and the objective's
+``loss_agg_mode``/``loss_scale_factor``/``axis_name``; the config's kwargs are the rest.
+``inputs.old_logp=None`` means on-policy, ``[B]`` advantages are broadcast over the tokens.
+
+Metrics are namespaced: ``pg/*`` (policy loss; always ``pg/loss``, ``pg/clipfrac``,
+``pg/clipfrac_lower``, ``pg/ppo_kl``), ``kl/*``, ``entropy/*``, ``cov/*``, ``<method>/*``,
 ``loss/policy``, ``loss/kl``, ``loss/<regularizer>``, ``loss/total``. All are stop-gradient.
-Diagnostics always present: ``entropy/{mean,p50,p80,p95,frac_above}`` (of ``inputs.entropy``,
-else of ``inputs.old_entropy``, when one is given), ``cov/*`` of :func:`covariance_stats` on the
-shaped advantages, ``kl/<k1|k2|k3|abs>`` whenever ``ref_logp`` is given. A component's own
-metric wins over a diagnostic of the same name; two components emitting one key is an error.
+Diagnostics (unless ``loss(..., diagnostics=False)`` or ``config.diagnostics=False``):
+``entropy/{mean,p50,p80,p95,frac_above}`` (of ``inputs.entropy``, else of
+``inputs.old_entropy``, when one is given), ``cov/*`` of :func:`covariance_stats` on the shaped
+advantages, ``kl/<k1|k2|k3|abs>`` whenever ``ref_logp`` is given. A component's own metric wins
+over a diagnostic of the same name; two components emitting one key is an error.
 
 Distributed: ``axis_name`` (a config field; ``loss(..., axis_name=...)`` overrides it) is passed
 to every component, so inside ``jax.shard_map`` each device returns the one-device answer.
