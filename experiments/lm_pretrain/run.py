@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from entropylab import runs
+from entropylab import distributed, runs
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.train import (
     LMBatches,
@@ -156,24 +156,25 @@ def run_config(preset_name: str) -> dict:
     return {"script": "lm_pretrain", "preset": preset_name, **dataclasses.asdict(preset)}
 
 
-def run(
-    preset_name: str, out, seed: int, *, progress: bool = True, mode: str = "auto"
-) -> dict | None:
-    """Train (or resume) and write the results; returns the summary, or None if interrupted
-    by SIGTERM/SIGINT (the manifest then says ``interrupted``; rerun to continue)."""
+def run(preset_name: str, out, seed: int, *, progress: bool = True, mode: str = "auto") -> dict:
+    """Train (or resume) and write the results; returns the summary, ``{"interrupted": signal}``
+    if stopped by SIGTERM/SIGINT (the manifest then says ``interrupted``; rerun to continue), or
+    ``{}`` on processes other than 0 of a multi-host run."""
     if preset_name not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset_name!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be an int >= 0, got {seed!r}")
     preset = PRESETS[preset_name]
     out = runs.out_path(out)
+    if not distributed.is_main_process():  # multi-host: process 0 owns the run directory
+        return _run(preset_name, preset, out, seed, progress=progress)
     manifest = runs.make_manifest(run_config(preset_name), seed=seed)
     with runs.run_lock(out):
         runs.prepare_output_dir(out, manifest=manifest, mode=mode)
         return _run(preset_name, preset, out, seed, progress=progress)
 
 
-def _run(preset_name: str, preset: Preset, out: Path, seed: int, *, progress: bool) -> dict | None:
+def _run(preset_name: str, preset: Preset, out: Path, seed: int, *, progress: bool) -> dict:
     t0 = time.perf_counter()
     train_tokens, held_tokens, info = stdlib_corpus(max_bytes=preset.max_bytes)
     mcfg = model_config(preset)
@@ -200,9 +201,11 @@ def _run(preset_name: str, preset: Preset, out: Path, seed: int, *, progress: bo
         held_tokens, batch_size=preset.batch_size, seq_len=preset.seq_len, shuffle=False
     )
     result = train(model, batches, cfg, eval_batches=held, workdir=out)
+    main_process = distributed.is_main_process()
     if result.interrupted:
-        runs.finish_manifest(out, status="interrupted", interrupted_by=result.interrupted)
-        return None
+        if main_process:
+            runs.finish_manifest(out, status="interrupted", interrupted_by=result.interrupted)
+        return {"interrupted": result.interrupted}
 
     # final held-out perplexity on a larger, fixed slice of the held-out split
     n_final = min(preset.final_eval_batches, held.batches_per_epoch)
@@ -212,6 +215,8 @@ def _run(preset_name: str, preset: Preset, out: Path, seed: int, *, progress: bo
         [held.batch_at(i) for i in range(n_final)],
         result.mesh,
     )
+    if not main_process:
+        return {}
     save_params(out / "params.npz", result.state["params"])
     records = read_jsonl(out / "metrics.jsonl")
     plot(records, out / "loss_curve.png", f"{preset_name}: {mcfg.num_params / 1e6:.2f}M params")
@@ -260,8 +265,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="model init and data order seed")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     runs.add_mode_arguments(ap)
+    distributed.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
+        distributed.initialize(distributed.config_from_args(args))
         out = runs.out_path(args.out)
         if args.seed < 0:
             raise ValueError(f"--seed must be >= 0, got {args.seed}")
@@ -274,13 +281,15 @@ def main(argv=None) -> dict:
         )
     except (ValueError, RuntimeError) as e:
         ap.error(str(e))
-    if s is None:
+    if s.get("interrupted"):
         print(
             f"interrupted; checkpoint saved in {out}/checkpoints. Rerun the same command to "
             "continue.",
             file=sys.stderr,
         )
-        raise SystemExit(runs.read_manifest(out)["interrupted_by"] + runs.PREEMPTED_EXIT_CODE)
+        raise SystemExit(runs.PREEMPTED_EXIT_CODE + s["interrupted"])
+    if not s:  # not process 0
+        return s
     print(
         f"preset {s['preset']}: {s['num_params']:,} params, {s['steps']} steps "
         f"x {s['batch_size']} x {s['seq_len']} bytes"
