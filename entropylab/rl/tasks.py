@@ -12,12 +12,12 @@ Formats (``⏎`` = EOS):
 * addition, difficulty d (both operands have d digits): ``"123+45="`` → ``"861⏎"``. With
   ``reverse=True`` (default) the answer's digits are written least-significant first (168 → "861"):
   a from-scratch model learns reversed answers much faster (0.92 vs 0.59 greedy accuracy after 200
-  SFT steps, ../shared/reference/tiny_scale_notes.md).
+  SFT steps in our tiny-scale probes).
 * multiplication, difficulty d (d-digit × d-digit, or × 1 digit with ``second_digits=1``):
   ``"37*4="`` → answer as above; ``scratchpad=True`` writes the partial products first
   (``"37*24=" → "841+047>888⏎"``: a·b_i·10^i for each digit b_i of b, reversed, then ``>`` and the
   reversed result). The parser reads the text after the last ``>``.
-* Countdown (TinyZero, Jiayi-Pan/TinyZero; ../shared/reference/perf_and_users.md §A.4): difficulty n
+* Countdown (TinyZero, github.com/Jiayi-Pan/TinyZero): difficulty n
   = how many numbers; prompt ``"3,5,7>22:"``; the answer is an expression over + − × ÷ and
   parentheses using each given number exactly once, e.g. ``"(7-5)*3+…"``. Reward as TinyZero's
   ``compute_score``: **0** if there is no answer (empty, or generation never emitted EOS), **0.1**
@@ -96,7 +96,8 @@ def _rev(s: str, reverse: bool) -> str:
 
 def _parse_int(text: str, reverse: bool) -> int | None:
     text = text.strip()
-    if not text or not text.isdigit() or len(text) > 40:
+    # ASCII digits only: str.isdigit() and int() also accept other scripts ("٣", "３", "²")
+    if not text or not (text.isascii() and text.isdigit()) or len(text) > 40:
         return None
     return int(_rev(text, reverse))
 
