@@ -1,6 +1,6 @@
 """Entropy Mechanism study (arXiv:2505.22617) at tiny scale: collapse, the law, Clip-Cov, KL-Cov.
 
-Protocol (../../shared/DESIGN.md "Experiments"; pitfalls in tiny_scale_notes.md):
+Protocol (one change at a time between arms, same warm start, several seeds):
 
 1. Per seed, train the model from scratch with SFT on reversed-digit addition until greedy
    held-out accuracy reaches the target (partial competence), so RL starts at the edge of
@@ -16,15 +16,26 @@ Usage::
     python -m experiments.entropy_mechanism.run --preset tiny --out runs/entropy_mechanism
     python -m experiments.entropy_mechanism.run --preset smoke --out /tmp/em_smoke
 
-Writes ``<out>/<arm>/seed<k>/metrics.jsonl``, ``<out>/sft_seed<k>.json``, ``<out>/summary.json``,
-``<out>/RESULTS.md`` and the plots ``<out>/*.png``; with ``--update-readme`` the results section
-of this folder's README is replaced by ``RESULTS.md``.
+    python -m experiments.entropy_mechanism.run --update-readme --out runs/entropy_mechanism
+
+Writes ``<out>/<arm>/seed<k>/metrics.jsonl``, ``<out>/sft_seed<k>.json`` (+ ``.npz``: the SFT
+parameters), ``<out>/summary.json``, ``<out>/RESULTS.md``, the plots ``<out>/*.png`` and
+``<out>/manifest.json`` (config hash, git commit, versions, times).
+
+Safe and resumable (``entropylab.runs``): ``--out`` must be new, empty or a directory of the
+same study config and commit (``--resume`` accepts another commit, ``--overwrite`` deletes the
+old run); rerunning the same command after a kill continues where it stopped: finished seeds
+and arms (``done.json``) are kept, the SFT warm start is reloaded from ``sft_seed<k>.npz``, and
+an unfinished arm resumes from its latest periodic checkpoint. Analysis refuses a directory
+with unfinished arms. ``--update-readme`` is a separate step that only copies a finished
+``tiny`` run's ``RESULTS.md``, plots and summary into this folder (smoke runs are refused).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -36,7 +47,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from entropylab import laws
+from entropylab import laws, runs
 from entropylab.losses.objective import ObjectiveConfig
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.rl import tasks as T
@@ -103,6 +114,7 @@ def preset(name: str) -> Preset:
                 prompt_width=10,
                 max_new_tokens=5,
                 measure_entropy_change=True,
+                checkpoint_every=2,
             ),
         )
     if name == "tiny":
@@ -136,6 +148,7 @@ def preset(name: str) -> Preset:
                 prompt_width=10,
                 max_new_tokens=5,
                 measure_entropy_change=True,
+                checkpoint_every=10,
             ),
         )
     raise ValueError(f"unknown preset {name!r}; expected 'smoke' or 'tiny'")
@@ -146,33 +159,73 @@ def build_model(kind: str, vocab: int, seed: int):
     return Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
+def study_config(preset_name: str) -> dict:
+    """What the run directory's manifest identifies the study by."""
+    return {
+        "script": "entropy_mechanism",
+        "preset": preset_name,
+        "setup": preset(preset_name),
+        "arms": arms(preset_name),
+    }
+
+
+def _save_params(path: Path, model) -> None:
+    params = nnx.split(model, nnx.Param, ...)[1]
+    flat = {"/".join(str(k) for k in key): np.asarray(v) for key, v in nnx.to_flat_state(params)}
+    runs.atomic_savez(path, **flat)
+
+
+def _load_params(path: Path, model) -> None:
+    params = nnx.split(model, nnx.Param, ...)[1]
+    new = []
+    with np.load(path) as data:
+        for key, var in nnx.to_flat_state(params):
+            name = "/".join(str(k) for k in key)
+            if name not in data or data[name].shape != var.shape:
+                raise ValueError(f"{path}: parameter {name} missing or mis-shaped")
+            new.append((key, var.replace(jax.numpy.asarray(data[name]))))
+    nnx.update(model, nnx.from_flat_state(new))
+
+
 def run_seed(p: Preset, preset_name: str, seed: int, out: Path, *, progress: bool) -> None:
-    """SFT warm start, then every arm from the same checkpoint, for one seed."""
+    """SFT warm start, then every arm from the same checkpoint, for one seed (resumable)."""
+    if (out / f"timing_seed{seed}.json").exists():
+        print(f"seed {seed}: already finished in {out}", flush=True)
+        return
     tok = T.CharTokenizer()
     task = T.AdditionTask()
     t0, c0 = time.time(), _cpu_s()
     model = build_model(p.model, tok.vocab_size, seed)
-    sft_cfg = dataclasses.replace(p.sft, seed=seed)
-    log = (lambda r: print(f"sft seed {seed}: {r}", flush=True)) if progress else None
-    hist = sft_warmstart(
-        model,
-        task,
-        tok,
-        sft_cfg,
-        prompt_width=p.rl.prompt_width,
-        max_new=p.rl.max_new_tokens,
-        log=log,
-    )
-    (out / f"sft_seed{seed}.json").write_text(json.dumps(hist, indent=1))
+    sft_json, sft_npz = out / f"sft_seed{seed}.json", out / f"sft_seed{seed}.npz"
+    if sft_json.exists() and sft_npz.exists():
+        _load_params(sft_npz, model)  # the warm start of an interrupted earlier invocation
+    else:
+        sft_cfg = dataclasses.replace(p.sft, seed=seed)
+        log = (lambda r: print(f"sft seed {seed}: {r}", flush=True)) if progress else None
+        hist = sft_warmstart(
+            model,
+            task,
+            tok,
+            sft_cfg,
+            prompt_width=p.rl.prompt_width,
+            max_new=p.rl.max_new_tokens,
+            log=log,
+        )
+        _save_params(sft_npz, model)
+        runs.atomic_write_json(sft_json, hist)  # written last: marks the warm start complete
     # a detached copy: nnx.split's State aliases the model's Variables, which training mutates
     sft_state = jax.tree.map(lambda x: x, nnx.split(model)[1])
     for arm, obj in arms(preset_name).items():
+        arm_dir = out / arm / f"seed{seed}"
+        if (arm_dir / "done.json").exists():
+            continue
         nnx.update(model, sft_state)
         rl_cfg = dataclasses.replace(p.rl, seed=seed, objective=obj)
-        trainer = GRPOTrainer(rl_cfg, model, tok, out / arm / f"seed{seed}")
-        trainer.run(resume=False, progress=progress)
+        trainer = GRPOTrainer(rl_cfg, model, tok, arm_dir)
+        trainer.run(resume=True, progress=progress)  # continues from a periodic checkpoint
+        runs.atomic_write_json(arm_dir / "done.json", {"steps": rl_cfg.steps, "at": time.time()})
     timing = {"wall_s": time.time() - t0, "cpu_s": _cpu_s() - c0, "load_avg_end": os.getloadavg()}
-    (out / f"timing_seed{seed}.json").write_text(json.dumps(timing))
+    runs.atomic_write_json(out / f"timing_seed{seed}.json", timing)
 
 
 def _cpu_s() -> float:
@@ -180,20 +233,59 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(preset_name: str, out: Path, *, progress: bool = True, seeds=None, analyse_only=False):
+def check_seeds(p: Preset, seeds) -> list[int]:
+    seeds = list(p.seeds if seeds is None else seeds)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must not repeat a seed (two runs would share a folder): {seeds}")
+    for seed in seeds:
+        if seed not in p.seeds:
+            raise ValueError(f"--seeds: {seed} is not one of the preset's seeds {p.seeds}")
+    return seeds
+
+
+def prepare(preset_name: str, out, *, mode: str = "auto", analyse_only: bool = False) -> Path:
+    """Check ``out`` against this study's manifest (see module docstring); returns it."""
+    out = runs.out_path(out)
+    manifest = runs.make_manifest(study_config(preset_name), seed=None)
+    if analyse_only:
+        old = runs.read_manifest(out)
+        hard = [d for d in runs.manifest_differences(old, manifest) if "commit" not in d]
+        if hard:
+            raise ValueError(f"--out {out} holds another study: {'; '.join(hard)}")
+        return out
+    runs.prepare_output_dir(out, manifest=manifest, mode=mode)
+    return out
+
+
+def run(
+    preset_name: str,
+    out,
+    *,
+    progress: bool = True,
+    seeds=None,
+    analyse_only=False,
+    mode: str = "auto",
+):
     """Run the given seeds (default: the preset's) and, once every seed is there, analyse."""
     p = preset(preset_name)
-    out.mkdir(parents=True, exist_ok=True)
-    if not analyse_only:
-        for seed in p.seeds if seeds is None else seeds:
-            if seed not in p.seeds:
-                raise ValueError(f"seed {seed} is not one of the preset's seeds {p.seeds}")
-            run_seed(p, preset_name, seed, out, progress=progress)
-    missing = [s for s in p.seeds if not (out / f"timing_seed{s}.json").exists()]
-    if missing:
-        print(f"seeds {missing} not run yet in {out}; analysis waits for them")
-        return None
-    return analyse(out, p, preset_name)
+    seeds = check_seeds(p, seeds)
+    with runs.run_lock(runs.out_path(out)):
+        out = prepare(preset_name, out, mode=mode, analyse_only=analyse_only)
+        if not analyse_only:
+            for seed in seeds:
+                run_seed(p, preset_name, seed, out, progress=progress)
+        missing = [s for s in p.seeds if not (out / f"timing_seed{s}.json").exists()]
+        if missing and analyse_only:
+            raise ValueError(
+                f"{out}: seeds {missing} not finished; rerun the study command (it resumes) "
+                "before analysing"
+            )
+        if missing:
+            print(f"seeds {missing} not run yet in {out}; analysis waits for them")
+            return None
+        summary = analyse(out, p, preset_name)
+        runs.finish_manifest(out, status="complete")
+        return summary
 
 
 def _load(out: Path, arm: str, seed: int) -> list[dict]:
@@ -207,6 +299,17 @@ def analyse(out: Path, p: Preset, preset_name: str) -> dict:
     import matplotlib.pyplot as plt
 
     arm_names = list(arms(preset_name))
+    unfinished = [
+        f"{arm}/seed{s}"
+        for arm in arm_names
+        for s in p.seeds
+        if not (out / arm / f"seed{s}" / "done.json").exists()
+    ]
+    if unfinished:
+        raise ValueError(
+            f"{out}: arms not finished: {', '.join(unfinished)}; rerun the study command (it "
+            "resumes) before analysing"
+        )
     sft_info = {s: json.loads((out / f"sft_seed{s}.json").read_text())[-1] for s in p.seeds}
     timings = [json.loads((out / f"timing_seed{s}.json").read_text()) for s in p.seeds]
     k = p.rl.eval_k
@@ -304,8 +407,10 @@ def analyse(out: Path, p: Preset, preset_name: str) -> dict:
     ax[1].legend(fontsize=7)
     ax[2].set(xlabel="RL step", ylabel=f"held-out pass@{k}", title=f"pass@{k} vs step")
     fig.tight_layout()
-    fig.savefig(out / "entropy_mechanism.png", dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    runs.atomic_write_bytes(out / "entropy_mechanism.png", buf.getvalue())
     summary = {
         "preset": preset_name,
         "seeds": list(p.seeds),
@@ -322,8 +427,8 @@ def analyse(out: Path, p: Preset, preset_name: str) -> dict:
         "law_none": law_rows,
         "cov_check": cov_rows,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "RESULTS.md").write_text(results_markdown(summary, k))
+    runs.atomic_write_json(out / "summary.json", summary)
+    runs.atomic_write_text(out / "RESULTS.md", results_markdown(summary, k))
     return summary
 
 
@@ -395,8 +500,24 @@ def results_markdown(s: dict, k: int) -> str:
     return "\n".join(lines)
 
 
-def update_readme(out: Path) -> None:
-    readme = HERE / "README.md"
+def update_readme(out, *, dest: Path = HERE) -> str:
+    """Copy a finished run's RESULTS.md into ``dest/README.md`` (between the results markers),
+    its plots and ``summary_<preset>.json`` into ``dest``; returns the preset. Refuses smoke
+    runs, unfinished runs and a README without markers, before writing anything."""
+    out = runs.out_path(out)
+    summary = runs.read_json(out / "summary.json", what="study summary")
+    name = summary.get("preset")
+    if name == "smoke" or name not in ("tiny",):
+        raise ValueError(
+            f"--update-readme: {out} holds a {name!r} run; only a full 'tiny' run may replace the "
+            "committed results"
+        )
+    manifest = runs.read_manifest(out)
+    if manifest.get("status") != "complete":
+        raise ValueError(
+            f"--update-readme: {out} is not a finished run (status {manifest.get('status')!r})"
+        )
+    readme = dest / "README.md"
     text = readme.read_text()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     if start not in text or end not in text:
@@ -404,7 +525,11 @@ def update_readme(out: Path) -> None:
     body = (out / "RESULTS.md").read_text()
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    for png in sorted(out.glob("*.png")):
+        runs.atomic_copy(png, dest / png.name)
+    runs.atomic_copy(out / "summary.json", dest / f"summary_{name}.json")
+    runs.atomic_write_text(readme, f"{head}{start}\n{body}\n{end}{tail}")
+    return name
 
 
 def run_parallel(preset_name: str, out: Path, seeds, jobs: int, *, progress: bool) -> None:
@@ -413,7 +538,7 @@ def run_parallel(preset_name: str, out: Path, seeds, jobs: int, *, progress: boo
     import sys
 
     base = [sys.executable, "-m", "experiments.entropy_mechanism.run", "--preset", preset_name]
-    base += ["--out", str(out), "--jobs", "1"] + ([] if progress else ["--no-progress"])
+    base += ["--out", str(out), "--jobs", "1", "--resume"] + ([] if progress else ["--no-progress"])
     t0 = time.time()
     pending, running = list(seeds), []
     while pending or running:
@@ -426,47 +551,69 @@ def run_parallel(preset_name: str, out: Path, seeds, jobs: int, *, progress: boo
                 running.remove((seed, proc))
                 if proc.returncode:
                     raise RuntimeError(f"seed {seed} failed with exit code {proc.returncode}")
-    (out / "timing_parallel.json").write_text(
-        json.dumps({"wall_s": time.time() - t0, "jobs": jobs})
-    )
+    runs.atomic_write_json(out / "timing_parallel.json", {"wall_s": time.time() - t0, "jobs": jobs})
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny", choices=["smoke", "tiny"])
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--update-readme", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds")
-    ap.add_argument("--analyse-only", action="store_true", help="only analyse existing runs")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--preset", default="tiny", choices=["smoke", "tiny"], help="study size")
+    ap.add_argument(
+        "--out", default=None, help="run directory (default: runs/entropy_mechanism/<preset>)"
+    )
+    ap.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="only copy the finished tiny run in --out (RESULTS.md, plots, summary) into this "
+        "folder's README.md; runs nothing; smoke runs are refused",
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--seeds", type=int, nargs="*", default=None, help="run only these seeds (all by default)"
+    )
+    ap.add_argument("--analyse-only", action="store_true", help="only analyse finished runs")
     ap.add_argument(
         "--jobs",
         type=int,
         default=None,
         help="seeds run in parallel processes (default: min(#seeds, #cores))",
     )
+    runs.add_mode_arguments(ap)
     args = ap.parse_args(argv)
-    out = args.out or Path("runs") / "entropy_mechanism" / args.preset
-    seeds = args.seeds if args.seeds is not None else list(preset(args.preset).seeds)
-    jobs = args.jobs or min(len(seeds), os.cpu_count() or 1)
-    if not args.analyse_only and jobs > 1 and len(seeds) > 1:
-        run_parallel(args.preset, out, seeds, jobs, progress=not args.no_progress)
-        args.analyse_only = True
-    summary = run(
-        args.preset,
-        out,
-        progress=not args.no_progress,
-        seeds=args.seeds,
-        analyse_only=args.analyse_only,
+    out = (
+        args.out if args.out is not None else str(Path("runs") / "entropy_mechanism" / args.preset)
     )
+    try:
+        if args.update_readme:
+            name = update_readme(out)
+            print(f"README.md, plots and summary_{name}.json updated from {out}")
+            return None
+        p = preset(args.preset)
+        seeds = check_seeds(p, args.seeds)
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        jobs = args.jobs or min(len(seeds), os.cpu_count() or 1)
+        mode = runs.mode_from_args(args)
+        if not args.analyse_only and jobs > 1 and len(seeds) > 1:
+            with runs.run_lock(runs.out_path(out)):
+                prepare(args.preset, out, mode=mode)
+                run_parallel(args.preset, Path(out), seeds, jobs, progress=not args.no_progress)
+            args.analyse_only = True
+        summary = run(
+            args.preset,
+            out,
+            progress=not args.no_progress,
+            seeds=args.seeds,
+            analyse_only=args.analyse_only,
+            mode=mode,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        ap.error(str(e))
     if summary is None:
         return None
-    print((out / "RESULTS.md").read_text())
-    if args.update_readme:
-        update_readme(out)
-        for png in out.glob("*.png"):
-            (HERE / png.name).write_bytes(png.read_bytes())
-        (HERE / f"summary_{args.preset}.json").write_text((out / "summary.json").read_text())
+    print((Path(out) / "RESULTS.md").read_text())
     return summary
 
 

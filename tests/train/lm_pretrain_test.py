@@ -106,7 +106,7 @@ def test_smoke_preset_end_to_end(tmp_path, capsys):
     assert json.loads((pre / "manifest.json").read_text())["status"] == "interrupted"
     assert [r["step"] for r in read_jsonl(pre / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.lm_pretrain.run", *args],
+        [sys.executable, "-m", "experiments.lm_pretrain.run", *args, "--resume"],
         cwd=ROOT,
         env=env,
         capture_output=True,
