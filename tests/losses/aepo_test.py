@@ -185,8 +185,7 @@ def test_aepo_loss_matches_numpy(x64, pooled, replace):
     np.testing.assert_allclose(met["aepo/entropy_estimate"], ent, rtol=1e-12)
 
 
-@pytest.mark.parametrize("entropy", [0.3, 0.9])
-def test_pooled_alpha_one_reproduces_the_release(x64, entropy):
+def test_pooled_alpha_one_reproduces_the_release(x64):
     """α = 1, pooled, PPO-clip estimator, the kept samples only: the release's loss."""
     rng = np.random.default_rng(11)
     b, bt, t = 10, 6, 5
@@ -204,26 +203,30 @@ def test_pooled_alpha_one_reproduces_the_release(x64, entropy):
     }
     temp["old"] = temp["lp"] + rng.normal(0, 0.3, (bt, t))
     temp["mask"][:, 4] = 0.0
-    mixed, n = rel_aepo_training_batch(main, temp, entropy, 0.5)
-    assert n == (3 if entropy <= 0.5 else 1)
-    want = rel_compute_policy_loss(mixed["old"], mixed["lp"], mixed["adv"], mixed["mask"])
-    keep, s = aepo_select_reinforce_samples(temp["adv"][:, 0], entropy, 0.5)
-    assert int(s) == n
-    got, met = aepo_loss(
-        main["lp"],
-        main["old"],
-        main["adv"],
-        main["mask"],
-        temp_logp=temp["lp"],
-        temp_old_logp=temp["old"],
-        temp_rewards=np.ones(bt),
-        temp_mask=temp["mask"] * np.asarray(keep)[:, None],
-        reinforce_coef=1.0,
-        pooled=True,
-        reinforce_estimator="ppo_clip",
+    loss = jax.jit(
+        lambda keep: aepo_loss(
+            main["lp"],
+            main["old"],
+            main["adv"],
+            main["mask"],
+            temp_logp=temp["lp"],
+            temp_old_logp=temp["old"],
+            temp_rewards=np.ones(bt),
+            temp_mask=temp["mask"] * keep[:, None],
+            reinforce_coef=1.0,
+            pooled=True,
+            reinforce_estimator="ppo_clip",
+        )
     )
-    np.testing.assert_allclose(got, want, rtol=1e-7)
-    assert int(met["aepo/replaced_rows"]) == n
+    for entropy, n_want in [(0.3, 3), (0.9, 1)]:  # H ≤ H* → S = 3 positives; else 3 // 2
+        mixed, n = rel_aepo_training_batch(main, temp, entropy, 0.5)
+        assert n == n_want
+        want = rel_compute_policy_loss(mixed["old"], mixed["lp"], mixed["adv"], mixed["mask"])
+        keep, s = aepo_select_reinforce_samples(temp["adv"][:, 0], entropy, 0.5)
+        assert int(s) == n
+        got, met = loss(keep.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-7)
+        assert int(met["aepo/replaced_rows"]) == n
 
 
 def test_aepo_loss_grads(x64):

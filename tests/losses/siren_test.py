@@ -119,7 +119,7 @@ def test_top_p_entropy_hand_checked():
     np.testing.assert_allclose(top_p_entropy(z, top_p=0.95, top_k=1), [0.0, 0.0])
 
 
-@pytest.mark.parametrize("top_k,top_p", [(20, 0.8), (50, 0.95), (3, 0.99)])
+@pytest.mark.parametrize("top_k,top_p", [(20, 0.8), (3, 0.99)])
 def test_top_p_entropy_matches_released_port(x64, top_k, top_p):
     rng = np.random.default_rng(top_k)
     z = rng.normal(0, 2.0, (24, 50))
@@ -196,16 +196,21 @@ def test_h_sel_hand_worked():
         siren_regularizer(h, m, anchor=0.1, form="l1")
 
 
-@pytest.mark.parametrize(
-    "mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
-)
-def test_h_sel_matches_released_port(x64, mode):
+def test_h_sel_matches_released_port(x64):
+    modes = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
     _, _, _, m, h = _batch(1)
     h[2, :] = np.where(m[2], 0.5, 0.0)  # all ties → the row selects nothing
-    want, _ = rel_h_sel(h, m, 0.8, mode)
-    _, met = jax.jit(lambda e: siren_regularizer(e, m, anchor=0.0, entropy_agg_mode=mode))(h)
-    np.testing.assert_allclose(met["entropy/siren_sel"], want, rtol=1e-8)  # verl's +1e-8
-    np.testing.assert_allclose(met["entropy/siren_sel"], siren_anchor(h, m, entropy_agg_mode=mode))
+
+    def all_modes(e):
+        reg = [siren_regularizer(e, m, anchor=0.0, entropy_agg_mode=md)[1] for md in modes]
+        return [r["entropy/siren_sel"] for r in reg], [
+            siren_anchor(e, m, entropy_agg_mode=md) for md in modes
+        ]
+
+    sel, anchors = jax.jit(all_modes)(h)
+    want = [rel_h_sel(h, m, 0.8, md)[0] for md in modes]
+    np.testing.assert_allclose(sel, want, rtol=1e-8)  # verl's token-mean adds 1e-8
+    np.testing.assert_allclose(anchors, sel, rtol=1e-12)
 
 
 def test_regularizer_grad_matches_released_port_finite_differences(x64):
