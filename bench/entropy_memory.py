@@ -125,14 +125,21 @@ def run_row(
         row.update(dense_s=None, max_diff=None)
         return row
     row["dense_s"], gd = times["dense"], outs["dense"][1]
-    of = jax.jit(
-        lambda h, w, y: fused_logprobs_and_entropy(
-            h, w, y, vocab_block=vocab_block, chunk_size=chunk_size, impl=impl
-        )
-    )(*args)
     od = jax.jit(_outputs_dense)(*args)
-    diffs = [jnp.max(jnp.abs(a - b)) for a, b in zip((*of, *gf), (*od, *gd))]
-    row["max_diff"] = float(max(diffs))
+    for name, grads in [("fused", gf)] + [(k, outs[k][1]) for k in extra]:
+        of = jax.jit(
+            lambda h, w, y, name=name: fused_logprobs_and_entropy(
+                h,
+                w,
+                y,
+                vocab_block=vocab_block,
+                chunk_size=chunk_size,
+                impl=impl if name == "fused" else name,
+                block_group=block_group,
+            )
+        )(*args)
+        diffs = [jnp.max(jnp.abs(a - b)) for a, b in zip((*of, *grads), (*od, *gd))]
+        row["max_diff" if name == "fused" else f"{name}_max_diff"] = float(max(diffs))
     return row
 
 
@@ -143,9 +150,9 @@ def _fmt_rows(r):
     lines = []
     impls = [(r["impl"], r["fused_mem"], r["fused_s"], r["max_diff"])]
     impls += [
-        (k[: -len("_s")], r[k[: -len("_s")] + "_mem"], r[k], None)
+        (k[:-2], r[k[:-2] + "_mem"], r[k], r.get(k[:-2] + "_max_diff"))
         for k in r
-        if k.endswith("_s") and k[: -len("_s")] in IMPLS
+        if k.endswith("_s") and k[:-2] in IMPLS
     ]
     for impl, mem, sec, diff in impls:
         t_ratio = "-" if r["dense_s"] is None else f"{sec / r['dense_s']:.2f}x"
