@@ -8,9 +8,11 @@ Logits, for query i (cache slot ``q_slot``), key slot j, query head h, key head 
     H_hi  = −Σ_j a_hij ln a_hij = ln Σ_j e^{z_hij − m} − Σ_j a_hij (z_hij − m)
 
 where ``s_i`` is the per-query Entropy-ABF logit scale (1 unless enabled; it multiplies the
-logit, i.e. the query — keys are never scaled), τ_hi > 0 the learnable softmax temperature of
-entropy-guided attention (1 unless enabled; per head and query position, the paper's form, or
-per head only), and m the row max.
+logit, i.e. the query — keys are never scaled) times the optional log-length factor
+(Scalable-Softmax s_h·ln n_i, arXiv:2501.19399, or Llama-4's attention temperature tuning
+1 + a·ln(1 + ⌊n_i / F⌋) in NoPE layers; n_i = position + 1), τ_hi > 0 the learnable softmax
+temperature of entropy-guided attention (1 unless enabled; per head and query position, the
+paper's form, or per head only), and m the row max.
 Softmax and entropy are taken in float32 whatever the compute dtype; the entropy is
 ``entropylab.ops.attention_entropy(z, mask, from_logits=True)``. A row with no visible key (a
 padded query that sees only padding) gets uniform weights (a finite, meaningless output) and
@@ -138,13 +140,25 @@ def attend_causal(q, k, v, *, allowed, logit_scale, block, softcap=None, return_
 class Attention(nnx.Module):
     """One attention layer: q/k/v projections, RoPE, :func:`attend`, output projection."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, layer_idx: int = 0):
         kw = dict(std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=rngs)
+        self.use_rope = layer_idx not in cfg.nope_layers
+        if cfg.attn_length_scaling == "ssmax":
+            s0 = cfg.ssmax_init
+            if s0 is None:
+                s0 = 1.0 / math.log(cfg.max_seq_len) if cfg.max_seq_len > 1 else 1.0
+            self.ssmax_s = nnx.Param(jnp.full((cfg.n_heads,), float(s0), jnp.float32))
+        else:
+            self.ssmax_s = None
+        self.llama4_tuning = None
+        if cfg.attn_length_scaling == "llama4" and not self.use_rope:
+            self.llama4_tuning = (float(cfg.llama4_attn_scale), int(cfg.llama4_floor_scale))
         d, h, hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        self.q_proj = Linear(cfg.d_model, (h, d), bias=cfg.qkv_bias, **kw)
-        self.k_proj = Linear(cfg.d_model, (hkv, d), bias=cfg.qkv_bias, **kw)
-        self.v_proj = Linear(cfg.d_model, (hkv, d), bias=cfg.qkv_bias, **kw)
-        self.o_proj = OutLinear((h, d), cfg.d_model, **kw)
+        qk, rv, ro = (cfg.linear_reparam(x) for x in ("qk", "v", "o"))
+        self.q_proj = Linear(cfg.d_model, (h, d), bias=cfg.qkv_bias, reparam=qk, **kw)
+        self.k_proj = Linear(cfg.d_model, (hkv, d), bias=cfg.qkv_bias, reparam=qk, **kw)
+        self.v_proj = Linear(cfg.d_model, (hkv, d), bias=cfg.qkv_bias, reparam=rv, **kw)
+        self.o_proj = OutLinear((h, d), cfg.d_model, reparam=ro, **kw)
         if cfg.learnable_attn_temperature:
             # τ = exp(log τ) keeps the temperature positive under any update. Shape [H, T_max]
             # (per head and query position, arXiv:2501.03489) or [H] (per head).
@@ -175,12 +189,28 @@ class Attention(nnx.Module):
         got = jnp.take(tau, pos, axis=1, mode="fill", fill_value=jnp.nan)  # [H, B, T]
         return got.transpose(1, 0, 2)
 
+    def length_scale(self, positions):
+        """Log-length logit factor ``[B, H or 1, T]`` for queries at ``positions`` ``[B, T]``, or
+        None: s_h·ln(n) (Scalable-Softmax) or 1 + a·ln(1 + ⌊n / F⌋) (Llama-4), n = position + 1.
+        """
+        if self.ssmax_s is None and self.llama4_tuning is None:
+            return None
+        n = jnp.asarray(positions).astype(jnp.float32) + 1.0  # [B, T]
+        if self.ssmax_s is not None:
+            s = self.ssmax_s[...].astype(jnp.float32)
+            return s[None, :, None] * jnp.log(n)[:, None, :]
+        a, floor = self.llama4_tuning
+        return (1.0 + a * jnp.log1p(jnp.floor(n / floor)))[:, None, :]
+
     def project_kv(self, x, positions, freqs):
-        """New keys/values ``[B, H_kv, T, d]`` (keys rotated) for x ``[B, T, D]``.
+        """New keys/values ``[B, H_kv, T, d]`` (keys rotated unless a NoPE layer) for x
+        ``[B, T, D]``.
 
         ``freqs = (inv_freq, attention_factor)`` from ``RopeConfig.frequencies``.
         """
-        k = apply_rope(self.k_proj(x), positions, *freqs)
+        k = self.k_proj(x)
+        if self.use_rope:
+            k = apply_rope(k, positions, *freqs)
         v = self.v_proj(x)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
@@ -193,8 +223,13 @@ class Attention(nnx.Module):
         (the full forward: query i sits in slot i of the same T keys) allows the query-blocked
         :func:`attend_causal`. Returns ``(y [B, T, D], entropy [B, H, T] | None)``.
         """
-        q = apply_rope(self.q_proj(x), positions, *freqs)
+        q = self.q_proj(x)
+        if self.use_rope:
+            q = apply_rope(q, positions, *freqs)
         scale = jnp.full((1, 1, 1), 1.0 / math.sqrt(self.head_dim), jnp.float32)
+        length = self.length_scale(positions)
+        if length is not None:
+            scale = scale * length
         if q_scale is not None:
             scale = scale * q_scale[:, None, :].astype(jnp.float32)
         tau = self.temperature(positions)

@@ -35,7 +35,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from entropylab.models.layers import MLPS, NORMS
+from entropylab.models.layers import MLPS, NORMS, REPARAMS
 from entropylab.models.rope import RopeConfig
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -54,6 +54,8 @@ def _dtype_name(x, field: str) -> str:
 
 
 ATTN_TEMPERATURE_FORMS = ("head_position", "head")
+LINEAR_NORM_TARGETS = ("qk", "v", "o", "ffn")
+ATTN_LENGTH_SCALINGS = ("none", "ssmax", "llama4")
 
 
 def _finite(v) -> bool:
@@ -87,6 +89,27 @@ class TransformerConfig:
     query blocks that each read only the keys at or before their last query, skipping the fully
     masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights
     are initialised N(0, ``init_std``²); norm scales at 1.
+
+    LayerNorm-free variants (arXiv:2501.03489): ``norm="none"``, ``mlp`` in relu / gelu /
+    identity, plus ``linear_norm`` ("weight" or "spectral" normalisation of the weights named in
+    ``linear_norm_targets`` ⊂ {"qk", "v", "o", "ffn"}, default ("ffn",), the paper's best
+    placement, Table 5; see ``models.layers``) and ``ffn_residual_scaling`` (the paper's Eq. 8
+    learnable FFN scaling: x ← β_l·x + (1/α_l)·FFN(x) with scalars α_l, β_l per layer, both
+    initialised at 1, so the block starts as the plain residual one).
+
+    Log-length attention scaling beside Entropy-ABF (``attn_length_scaling``; n_i = position
+    + 1, the query's 1-based position, which for an unpadded causal row is its number of keys):
+
+    * ``"ssmax"``  Scalable-Softmax (arXiv:2501.19399): logits × s_{l,h}·ln n_i, one learnable
+      s per layer and head, initialised at ``ssmax_init`` (None = 1 / ln ``max_seq_len``, so the
+      factor is 1 at the full training context — our choice; the paper's init is not stated in
+      what we read). Applies to every layer.
+    * ``"llama4"`` Llama-4's ``attn_temperature_tuning`` (transformers ``Llama4TextAttention``):
+      queries × (1 + ``llama4_attn_scale``·ln(1 + ⌊n_i / ``llama4_floor_scale``⌋)) in the NoPE
+      layers only (``nope_layers``, required non-empty), as transformers does; defaults 0.1 and
+      8192 are Llama-4's.
+
+    ``nope_layers``: indices of layers that apply no rotary embedding (Llama-4's NoPE layers).
     ``dtype`` is the compute dtype; logits, softmax, norms' statistics and entropies are float32.
     """
 
@@ -108,6 +131,14 @@ class TransformerConfig:
     attn_temperature_form: str = "head_position"
     attn_temperature_init: float = 1e-2
     attn_logit_softcap: float | None = None
+    linear_norm: str = "none"
+    linear_norm_targets: tuple = ("ffn",)
+    ffn_residual_scaling: bool = False
+    nope_layers: tuple = ()
+    attn_length_scaling: str = "none"
+    ssmax_init: float | None = None
+    llama4_attn_scale: float = 0.1
+    llama4_floor_scale: int = 8192
     attn_query_block: int = 64
     init_std: float = 0.02
     param_dtype: Any = "float32"
@@ -169,7 +200,56 @@ class TransformerConfig:
             raise ValueError(
                 f"attn_query_block must be an int >= 0 (0 = off), got {self.attn_query_block!r}"
             )
-        for name in ("tie_embeddings", "qkv_bias", "learnable_attn_temperature"):
+        if self.linear_norm not in REPARAMS:
+            raise ValueError(f"linear_norm must be one of {REPARAMS}, got {self.linear_norm!r}")
+        targets = self.linear_norm_targets
+        if isinstance(targets, str) or not isinstance(targets, (tuple, list)):
+            raise ValueError(
+                f"linear_norm_targets must be a tuple of {LINEAR_NORM_TARGETS}, got {targets!r}"
+            )
+        targets = tuple(targets)
+        bad = [x for x in targets if x not in LINEAR_NORM_TARGETS]
+        if bad or len(set(targets)) != len(targets):
+            raise ValueError(
+                f"linear_norm_targets must be distinct entries of {LINEAR_NORM_TARGETS}, "
+                f"got {self.linear_norm_targets!r}"
+            )
+        object.__setattr__(self, "linear_norm_targets", targets)
+        nope = self.nope_layers
+        if isinstance(nope, (str, bytes)) or not isinstance(nope, (tuple, list)):
+            raise ValueError(f"nope_layers must be a tuple of layer indices, got {nope!r}")
+        nope = tuple(nope)
+        if len(set(nope)) != len(nope) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layers
+            for i in nope
+        ):
+            raise ValueError(
+                f"nope_layers must be distinct ints in [0, n_layers={self.n_layers}), got {nope!r}"
+            )
+        object.__setattr__(self, "nope_layers", tuple(sorted(nope)))
+        if self.attn_length_scaling not in ATTN_LENGTH_SCALINGS:
+            raise ValueError(
+                f"attn_length_scaling must be one of {ATTN_LENGTH_SCALINGS}, "
+                f"got {self.attn_length_scaling!r}"
+            )
+        if self.attn_length_scaling == "llama4" and not self.nope_layers:
+            raise ValueError(
+                "attn_length_scaling='llama4' scales the NoPE layers only (as transformers does); "
+                "nope_layers is empty"
+            )
+        if self.ssmax_init is not None and not _finite(self.ssmax_init):
+            raise ValueError(f"ssmax_init must be None or a finite number, got {self.ssmax_init!r}")
+        if not (_finite(self.llama4_attn_scale) and self.llama4_attn_scale >= 0):
+            raise ValueError(
+                f"llama4_attn_scale must be a finite number >= 0, got {self.llama4_attn_scale!r}"
+            )
+        _pos_int("llama4_floor_scale", self.llama4_floor_scale)
+        for name in (
+            "tie_embeddings",
+            "qkv_bias",
+            "learnable_attn_temperature",
+            "ffn_residual_scaling",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
@@ -185,9 +265,22 @@ class TransformerConfig:
         if self.learnable_attn_temperature:
             attn += h * (self.max_seq_len if self.attn_temperature_form == "head_position" else 1)
         mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
+        if self.linear_norm == "weight":  # one gain per output unit of each normalised map
+            gains = {"qk": hd * (h + hkv), "v": hd * hkv, "o": d}
+            gains["ffn"] = (2 * self.d_ff if self.mlp == "swiglu" else self.d_ff) + d
+            attn += sum(gains[x] for x in self.linear_norm_targets if x != "ffn")
+            mlp += gains["ffn"] if "ffn" in self.linear_norm_targets else 0
+        if self.ffn_residual_scaling:
+            mlp += 2
+        if self.attn_length_scaling == "ssmax":
+            attn += h
         norm = {"rmsnorm": d, "layernorm": 2 * d, "none": 0}[self.norm]
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * (attn + mlp + 2 * norm) + norm + emb
+
+    def linear_reparam(self, target: str) -> str:
+        """The reparameterisation (``linear_norm`` or "none") of weights ``target``."""
+        return self.linear_norm if target in self.linear_norm_targets else "none"
 
     def with_rope(
         self,

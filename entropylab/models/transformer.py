@@ -67,10 +67,10 @@ class KVCache:
 class Block(nnx.Module):
     """Pre-norm decoder block: attention then MLP, each with a residual connection."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, layer_idx: int = 0):
         kw = dict(eps=cfg.norm_eps, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
         self.attn_norm = Norm(cfg.d_model, kind=cfg.norm, **kw)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, layer_idx=layer_idx)
         self.mlp_norm = Norm(cfg.d_model, kind=cfg.norm, **kw)
         self.mlp = MLP(
             cfg.d_model,
@@ -80,7 +80,22 @@ class Block(nnx.Module):
             param_dtype=cfg.param_dtype,
             dtype=cfg.dtype,
             rngs=rngs,
+            reparam=cfg.linear_reparam("ffn"),
         )
+        # arXiv:2501.03489 Eq. 8 (learnable FFN scaling): x ← β·x + (1/α)·FFN(x), α = β = 1 at init
+        if cfg.ffn_residual_scaling:
+            self.ffn_alpha = nnx.Param(jnp.ones((), jnp.float32))
+            self.ffn_beta = nnx.Param(jnp.ones((), jnp.float32))
+        else:
+            self.ffn_alpha = self.ffn_beta = None
+
+    def ffn_residual(self, x):
+        """x + MLP(Norm(x)), or β·x + MLP(Norm(x))/α with learnable FFN scaling."""
+        y = self.mlp(self.mlp_norm(x))
+        if self.ffn_alpha is None:
+            return x + y
+        beta = self.ffn_beta[...].astype(x.dtype)
+        return beta * x + y / self.ffn_alpha[...].astype(y.dtype)
 
 
 def _write(cache_x, new_x, index):
@@ -104,7 +119,7 @@ class Transformer(nnx.Module):
             dtype=cfg.dtype,
             rngs=rngs,
         )
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, layer_idx=i) for i in range(cfg.n_layers)])
         self.final_norm = Norm(
             cfg.d_model,
             kind=cfg.norm,
@@ -214,7 +229,7 @@ class Transformer(nnx.Module):
                 causal=True,
             )
             x = x + y
-            x = x + blk.mlp(blk.mlp_norm(x))
+            x = blk.ffn_residual(x)
             ents.append(ent)
         h = self.final_norm(x)
 
@@ -293,7 +308,7 @@ class Transformer(nnx.Module):
                 h, ck, cv, positions=positions, freqs=freqs, q_scale=q_scale, allowed=allowed
             )
             x = x + y
-            x = x + blk.mlp(blk.mlp_norm(x))
+            x = blk.ffn_residual(x)
             new_k.append(ck)
             new_v.append(cv)
         logits = self._logits(self.final_norm(x))
