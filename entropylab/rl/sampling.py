@@ -20,7 +20,9 @@ Conventions (stated because the trainer must recompute the same numbers):
   sample uses ``fold_in(that key, t)``, so a rerun or a resumed run reproduces every sample, and a
   sample does not depend on the batch it is in.
 * ``temperature_fn(entropy_at_base_T [B]) -> T [B]`` (e.g. HAPO's adaptive temperature) sets a
-  per-token temperature from the entropy of the base-temperature distribution;
+  per-token temperature from the entropy of the base-temperature distribution; with a
+  ``temperature_state`` pytree (data, not static: e.g. statistics of the previous batch) it is
+  called as ``temperature_fn(entropy, temperature_state)``;
   ``logit_processors`` are ``f(logits [B, V], step) -> logits`` applied before temperature.
 """
 
@@ -114,6 +116,7 @@ def generate(
     *,
     temperature_fn: Callable | None = None,
     logit_processors: Sequence[Callable] = (),
+    temperature_state=None,
 ) -> Rollout:
     """Sample up to ``cfg.max_new_tokens`` tokens per prompt (traceable; see :func:`make_sampler`).
 
@@ -140,7 +143,11 @@ def generate(
             z = proc(z, t)
         temp = jnp.full((b,), cfg.temperature, jnp.float32)
         if temperature_fn is not None:
-            temp = jnp.asarray(temperature_fn(token_entropy(z, temperature=cfg.temperature)))
+            h_base = token_entropy(z, temperature=cfg.temperature)
+            if temperature_state is None:
+                temp = jnp.asarray(temperature_fn(h_base))
+            else:
+                temp = jnp.asarray(temperature_fn(h_base, temperature_state))
             temp = jnp.broadcast_to(temp, (b,)).astype(jnp.float32)
         zt = z / temp[:, None]
         if cfg.greedy:
@@ -196,7 +203,9 @@ def generate(
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample_jit(graphdef, cfg, temperature_fn, logit_processors, state, prompts, mask, keys):
+def _sample_jit(
+    graphdef, cfg, temperature_fn, logit_processors, state, prompts, mask, keys, t_state=None
+):
     model = nnx.merge(graphdef, state)
     return generate(
         model,
@@ -206,13 +215,14 @@ def _sample_jit(graphdef, cfg, temperature_fn, logit_processors, state, prompts,
         cfg,
         temperature_fn=temperature_fn,
         logit_processors=logit_processors,
+        temperature_state=t_state,
     )
 
 
 def make_sampler(
     graphdef, cfg: SamplingConfig, *, temperature_fn=None, logit_processors=()
 ) -> Callable:
-    """Jitted ``sampler(state, prompt_tokens, prompt_mask, keys) -> Rollout`` for a model graph.
+    """Jitted ``sampler(state, prompt_tokens, prompt_mask, keys[, temperature_state]) -> Rollout``.
 
     The compiled function is cached on ``(graphdef, cfg, temperature_fn, logit_processors)``
     (all static), so several trainers over the same model and settings compile it once.

@@ -20,9 +20,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from entropylab.ops import logprobs_and_entropy, masked_mean
+from entropylab.logprobs import policy_logprobs
+from entropylab.ops import masked_mean
 from entropylab.rl import sampling as S
 from entropylab.rl import tasks as T
+from entropylab.rl.tasks import encode_fixed, score
+from entropylab.train.optim import OptimConfig, make_optimizer
+
+__all__ = [
+    "SFTConfig",
+    "encode_fixed",
+    "greedy_accuracy",
+    "score",
+    "sft_optimizer",
+    "sft_warmstart",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,24 +80,23 @@ def greedy_accuracy(sampler, params, task, tokenizer, problems, prompt_width) ->
     return out
 
 
-def encode_fixed(tokenizer, prompts, width: int):
-    """Left-pad prompts to exactly ``width`` tokens (a fixed shape avoids recompiles)."""
-    toks, mask = tokenizer.encode_prompts(prompts)
-    if toks.shape[1] > width:
-        raise ValueError(f"a prompt has {toks.shape[1]} tokens, more than prompt_width={width}")
-    pad = width - toks.shape[1]
-    toks = np.pad(toks, ((0, 0), (pad, 0)), constant_values=tokenizer.pad_id)
-    mask = np.pad(mask, ((0, 0), (pad, 0)), constant_values=False)
-    return jnp.asarray(toks), jnp.asarray(mask)
-
-
-def score(task, tokenizer, problems, responses, finished) -> np.ndarray:
-    """Verifier rewards ``[N]`` for decoded responses (never raises on malformed output)."""
-    out = np.zeros(len(problems), np.float32)
-    for i, (p, resp) in enumerate(zip(problems, np.asarray(responses))):
-        text, saw_eos = tokenizer.decode(resp)
-        out[i] = task.verify(p, text, finished=bool(saw_eos))
-    return out
+def sft_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
+    """Global-norm clipping + AdamW (b2 0.98, no weight decay), linear warm-up to a constant lr,
+    built by :func:`entropylab.train.optim.make_optimizer` (warm-up/cosine with
+    ``min_lr_ratio = 1``, i.e. constant after the warm-up)."""
+    warm = max(cfg.warmup_steps, 1)
+    return make_optimizer(
+        OptimConfig(
+            learning_rate=cfg.learning_rate,
+            warmup_steps=warm,
+            total_steps=max(cfg.max_steps, warm + 1),
+            min_lr_ratio=1.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.98,
+            max_grad_norm=cfg.max_grad_norm,
+        )
+    )
 
 
 def sft_warmstart(
@@ -97,19 +108,14 @@ def sft_warmstart(
     ``log(record)`` is called on each as it is made.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-    opt = optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=0.0),
-    )
+    opt = sft_optimizer(cfg)
     opt_state = opt.init(params)
 
     @jax.jit
     def step(params, opt_state, toks, mask):
         def loss_fn(p):
-            logits, _ = nnx.merge(graphdef, p, rest)(toks[:, :-1])
-            lp, _ = logprobs_and_entropy(logits, toks[:, 1:])
-            return -masked_mean(lp, mask[:, :-1])
+            out = policy_logprobs(nnx.merge(graphdef, p, rest), toks, start=1, with_entropy=False)
+            return -masked_mean(out.logp, mask[:, :-1])
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         upd, opt_state = opt.update(grads, opt_state, params)

@@ -301,3 +301,29 @@ def sft_batch(
         toks[i, : len(seq)] = seq
         mask[i, len(prompt) - 1 : len(seq) - 1] = True
     return toks, mask
+
+
+def encode_fixed(tokenizer, prompts: Sequence[str], width: int):
+    """Left-pad encoded prompts to exactly ``width`` tokens (a fixed shape avoids recompiles).
+
+    Returns ``(tokens [B, width] int32, mask [B, width] bool)`` as JAX arrays; a prompt longer
+    than ``width`` raises ``ValueError``.
+    """
+    import jax.numpy as jnp
+
+    toks, mask = tokenizer.encode_prompts(prompts)
+    if toks.shape[1] > width:
+        raise ValueError(f"a prompt has {toks.shape[1]} tokens, more than prompt_width={width}")
+    pad = width - toks.shape[1]
+    toks = np.pad(toks, ((0, 0), (pad, 0)), constant_values=tokenizer.pad_id)
+    mask = np.pad(mask, ((0, 0), (pad, 0)), constant_values=False)
+    return jnp.asarray(toks), jnp.asarray(mask)
+
+
+def score(task, tokenizer, problems, responses, finished) -> np.ndarray:
+    """Verifier rewards ``[N]`` float32 for decoded responses (never raises on malformed output)."""
+    out = np.zeros(len(problems), np.float32)
+    for i, (p, resp) in enumerate(zip(problems, np.asarray(responses))):
+        text, saw_eos = tokenizer.decode(resp)
+        out[i] = task.verify(p, text, finished=bool(saw_eos))
+    return out

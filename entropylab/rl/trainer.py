@@ -1,61 +1,88 @@
-"""GRPO / PPO trainer on verifiable tasks.
+"""GRPO / PPO trainer on verifiable tasks: a thin host loop around the pure update step.
 
-One RL step:
+One RL step (:meth:`GRPOTrainer.step`):
 
-1. **rollout** — sample ``prompts_per_step`` problems (seeded by ``(seed, step)``), ``group_size``
-   completions each with the jitted KV-cache sampler (keys from ``(seed, step, prompt, sample)``);
-2. **reward** — decode and verify on the host (verifiers never raise);
-3. **advantages** — group-normalised GRPO (``norm_adv_by_std=False`` → Dr. GRPO), broadcast over
-   the response tokens;
-4. **old log-probs** — recomputed by the trainer's teacher-forced forward (as verl does); the gap
-   to the sampler's log-probs/entropies is logged. With ``epochs = minibatches = 1`` the single
-   update starts from the very params that sampled, so old log-probs are the update's own
-   forward under ``stop_gradient`` (ratio exactly 1, as on-policy PPO/GRPO has it) and the
-   separate recompute forward is skipped (:attr:`GRPOTrainer.fused_old_logp`);
-5. **update** — ``epochs`` × ``minibatches`` AdamW steps on the configured objective from
-   :mod:`entropylab.losses.objective` (policy loss + KL to a frozen reference + entropy terms).
+1. **sample** — ``prompts_per_step`` problems (seeded by ``(seed, step)``), ``group_size``
+   completions each with the jitted KV-cache sampler (per-sample keys from the named stream
+   ``ROLLOUT``: ``(seed, step, prompt, sample)``, :mod:`entropylab.rl.rng`), optionally with a
+   temperature hook (HAPO's adaptive temperature) and logit processors from the config;
+2. **score** — decode and verify on the host (:func:`entropylab.rl.tasks.score`, never raises);
+3. **prepare** — :func:`entropylab.rl.step.prepare_batch`: advantages by the estimator named in
+   ``RLConfig.advantage_estimator`` (grpo, dr_grpo, rloo, reinforce), the reference log-probs when
+   the objective uses a KL, and the per-sample extras every objective component declares in its
+   ``needs`` (rewards, ARES difficulty buckets, AEPO's temperature samples; see
+   :mod:`entropylab.rl.hooks`);
+4. **update** — :func:`entropylab.rl.step.make_update`: one jitted call (old log-probs,
+   ``epochs × minibatches`` optimizer steps, component state from the pooled statistics,
+   full-batch diagnostics), optionally sharded over a mesh;
+5. **log / checkpoint / eval** — ``metrics.jsonl`` (and a progress bar); pass@1 and pass@k on a
+   fixed held-out set every ``eval_every`` steps; orbax checkpoints of the whole state (params,
+   optimizer, objective state, sampler-hook state, step). All randomness derives from
+   ``(seed, step)``, so a resumed run reproduces the uninterrupted one exactly.
 
-Metrics per step go to ``metrics.jsonl`` (and a progress bar): reward/accuracy, pass@1 and
-pass@k on a fixed held-out set every ``eval_every`` steps, rollout- and trainer-side entropy and
-their gap, entropy p50/p80/p95, response length, fraction of zero-advantage groups, clip
-fractions, KL, covariance statistics and the covariance-predicted entropy change, the objective's
-adaptive coefficients, time per phase and tokens/s. Checkpoints (orbax) hold params, optimizer
-state, objective state and the step; all randomness derives from ``(seed, step)``, so a resumed
-run reproduces the uninterrupted one exactly.
+Non-finite metrics after an update (``on_nonfinite``): ``"stop"`` raises ``FloatingPointError``
+naming the step and the offending metrics; ``"skip"`` keeps the previous params/optimizer state
+(the step counter advances), logs ``guard/skipped = 1`` and the names, and goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from entropylab.losses import covariance as cov_lib
-from entropylab.losses.advantages import grpo_advantages
-from entropylab.losses.objective import ObjectiveConfig, ObjectiveInputs, build_objective
-from entropylab.ops import entropy_stats, logprobs_and_entropy, masked_mean
+from entropylab import parallel
+from entropylab.losses.objective import ObjectiveConfig, build_objective
+from entropylab.ops import masked_mean
+from entropylab.rl import hooks as H
+from entropylab.rl import rng
 from entropylab.rl import sampling as S
 from entropylab.rl import tasks as T
-from entropylab.rl.sft import encode_fixed, score
+from entropylab.rl.metrics import pass_at_k
+from entropylab.rl.step import (
+    ADVANTAGE_ESTIMATORS,
+    StepConfig,
+    make_logprob_fn,
+    make_update,
+    prepare_batch,
+)
 from entropylab.train.checkpoint import Checkpointer, abstract_like
 from entropylab.train.metrics import MetricWriter, ProgressBar
+from entropylab.train.optim import OptimConfig, make_optimizer
+
+__all__ = ["GRPOTrainer", "RLConfig", "pass_at_k", "rl_optimizer"]
+
+_NONFINITE = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RLConfig:
     """GRPO/PPO settings. ``objective`` selects the loss (see ``entropylab.losses.objective``).
 
+    ``advantage_estimator``: a name in :data:`entropylab.rl.step.ADVANTAGE_ESTIMATORS`;
+    ``norm_adv_by_std=False`` with ``"grpo"`` means ``"dr_grpo"`` (kept for old configs).
+
     ``measure_entropy_change`` adds one teacher-forced forward after the update(s): the policy
     entropy on the *same* rollout tokens before and after the step, logged as
     ``cov/observed_dH`` (token mean of H_after − H_before over the response positions). That is
     the quantity the covariance theorem (arXiv:2505.22617 §4.2) predicts as ``cov/predicted_dH``;
     the change between consecutive rollout batches mixes in batch-to-batch noise.
+
+    Sampler hooks: ``temperature_fn(entropy [B]) -> T [B]`` and ``logit_processors``
+    (``f(logits [B, V], t) -> logits``), both static (hashable) callables; or a named stateful
+    ``temperature_hook`` (``"hapo"``, kwargs ``tau``, ``negative_scale``, ``pivot``,
+    ``interpolation``). AEPO's temperature samples use ``aepo_temperatures = (T_high, T_low)``
+    switched on ``aepo_target_entropy``. ``fused_logprobs`` streams the vocabulary (no
+    ``[B, T, V]`` logits) unless the objective needs logits. ``on_nonfinite``: see the module.
     """
 
     task: str = "addition"
@@ -74,6 +101,7 @@ class RLConfig:
     epochs: int = 1
     minibatches: int = 2
     norm_adv_by_std: bool = True
+    advantage_estimator: str = "grpo"
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     use_reference: bool = False
     eval_every: int = 10
@@ -82,9 +110,34 @@ class RLConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     measure_entropy_change: bool = False
+    fused_logprobs: bool = True
+    vocab_block: int = 1024
+    temperature_fn: Callable | None = None
+    logit_processors: tuple = ()
+    temperature_hook: str | None = None
+    temperature_hook_kwargs: Any = ()
+    aepo_target_entropy: float = 0.5
+    aepo_temperatures: tuple[float, float] = (1.2, 0.8)
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
-        for name in ("steps", "prompts_per_step", "group_size", "epochs", "minibatches"):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            for x in vals:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"{f.name} must be finite, got {v!r}")
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "epochs",
+            "minibatches",
+            "max_new_tokens",
+            "eval_problems",
+            "prompt_width",
+            "vocab_block",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if (self.prompts_per_step * self.group_size) % self.minibatches:
@@ -96,14 +149,50 @@ class RLConfig:
             raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(T.TASKS)}")
         if self.eval_k < 1 or self.eval_every < 0:
             raise ValueError("eval_k must be >= 1 and eval_every >= 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("learning_rate", "temperature", "top_p"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"unknown advantage_estimator {self.advantage_estimator!r}; "
+                f"registered: {sorted(ADVANTAGE_ESTIMATORS)}"
+            )
+        if self.temperature_hook is not None:
+            if self.temperature_hook not in H.TEMPERATURE_HOOKS:
+                raise ValueError(
+                    f"unknown temperature_hook {self.temperature_hook!r}; "
+                    f"registered: {sorted(H.TEMPERATURE_HOOKS)}"
+                )
+            if self.temperature_fn is not None:
+                raise ValueError("set temperature_fn or temperature_hook, not both")
+            kw = dict(self.temperature_hook_kwargs)
+            H.split_hook_kwargs(self.temperature_hook, kw)
+            object.__setattr__(self, "temperature_hook_kwargs", tuple(sorted(kw.items())))
+        if self.on_nonfinite not in _NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {self.on_nonfinite!r}")
+        if len(self.aepo_temperatures) != 2 or not all(t > 0 for t in self.aepo_temperatures):
+            raise ValueError(
+                f"aepo_temperatures must be (T_high, T_low) > 0, got {self.aepo_temperatures}"
+            )
+        object.__setattr__(self, "logit_processors", tuple(self.logit_processors))
+
+    @property
+    def estimator(self) -> str:
+        """The advantage estimator used (``norm_adv_by_std=False`` turns grpo into dr_grpo)."""
+        if self.advantage_estimator == "grpo" and not self.norm_adv_by_std:
+            return "dr_grpo"
+        return self.advantage_estimator
 
     @property
     def sampling(self) -> S.SamplingConfig:
+        return self.sampling_at(self.temperature)
+
+    def sampling_at(self, temperature: float) -> S.SamplingConfig:
         return S.SamplingConfig(
             max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
+            temperature=temperature,
             top_k=self.top_k,
             top_p=self.top_p,
             eos_id=T.EOS,
@@ -111,199 +200,263 @@ class RLConfig:
         )
 
 
-def pass_at_k(correct: np.ndarray, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021, arXiv:2107.03374) averaged over problems.
-
-    ``correct [P, n]`` booleans for n samples per problem: 1 − C(n−c, k) / C(n, k).
-    """
-    n = correct.shape[1]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    c = correct.sum(1)
-    vals = []
-    for ci in c:
-        if n - ci < k:
-            vals.append(1.0)
-        else:
-            vals.append(1.0 - float(np.prod(1.0 - k / np.arange(n - ci + 1, n + 1))))
-    return float(np.mean(vals))
-
-
-def _forward_logp(graphdef, rest, prompt_width, temperature, params, tokens, mask):
-    """Teacher-forced ``(logp, entropy, logits/T)`` of the response part of ``tokens``."""
-    model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(tokens, positions=S._positions(mask), attention_mask=mask)
-    z = logits[:, prompt_width - 1 : -1]
-    lp, ent = logprobs_and_entropy(z, tokens[:, prompt_width:], temperature=temperature)
-    return lp, ent, z / temperature
+def rl_optimizer(cfg: RLConfig):
+    """Global-norm clipping + AdamW (b2 0.99, no weight decay) at a constant learning rate, built
+    by :func:`entropylab.train.optim.make_optimizer` (no warm-up, ``min_lr_ratio = 1``)."""
+    return make_optimizer(
+        OptimConfig(
+            learning_rate=cfg.learning_rate,
+            warmup_steps=0,
+            total_steps=max(cfg.steps, 1),
+            min_lr_ratio=1.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.99,
+            max_grad_norm=cfg.max_grad_norm or None,
+        )
+    )
 
 
-# graphdef, prompt width and temperature are static: trainers over the same model share the
-# compiled function (``rest`` holds no arrays for these models and is passed as data).
-_recompute_jit = jax.jit(_forward_logp, static_argnums=(0, 2, 3))
+def _optimizer_key(cfg: RLConfig):
+    return (cfg.learning_rate, cfg.max_grad_norm, max(cfg.steps, 1))
+
+
+# Trainers over the same model graph and settings share compiled functions (graphdef, step
+# config, objective config and optimizer settings are static; ``rest`` holds no arrays for the
+# entropylab models and is passed as data or, for the update, closed over only when array-free).
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _logprobs_jit(graphdef, step_cfg, params, rest, tokens, mask):
+    return make_logprob_fn(graphdef, rest, step_cfg)(params, tokens, mask).logp
+
+
+_prepare_jit = jax.jit(prepare_batch, static_argnames=("group_size", "estimator"))
+_UPDATES: dict = {}
+
+
+def _cached_update(objective, tx, graphdef, rest, step_cfg, mesh, donate, opt_key):
+    key = (objective.config, graphdef, step_cfg, id(mesh) if mesh else None, donate, opt_key)
+    if jax.tree.leaves(rest) or mesh is not None:
+        return make_update(objective, tx, graphdef, rest, step_cfg, mesh=mesh, donate=donate)
+    if key not in _UPDATES:
+        if len(_UPDATES) > 64:
+            _UPDATES.clear()
+        _UPDATES[key] = make_update(
+            objective, tx, graphdef, rest, step_cfg, mesh=mesh, donate=donate
+        )
+    return _UPDATES[key]
+
+
+def _component_kwargs(ocfg: ObjectiveConfig):
+    yield dict(ocfg.policy_kwargs)
+    for _, kw in tuple(ocfg.regularizers) + tuple(ocfg.advantage_shapers):
+        yield dict(kw)
 
 
 class GRPOTrainer:
-    """Runs :class:`RLConfig` on ``model`` (trained in place); writes ``out_dir/metrics.jsonl``."""
+    """Runs :class:`RLConfig` on ``model`` (trained in place); writes ``out_dir/metrics.jsonl``.
 
-    def __init__(self, cfg: RLConfig, model, tokenizer, out_dir, *, task_kwargs=None):
+    ``mesh``: an optional :func:`entropylab.parallel.make_mesh` mesh; the update's batch is
+    sharded over its ``("data", "fsdp")`` axes (``tensor`` must be 1).
+    """
+
+    def __init__(self, cfg: RLConfig, model, tokenizer, out_dir, *, task_kwargs=None, mesh=None):
         self.cfg, self.model, self.tok = cfg, model, tokenizer
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if vocab is not None and vocab < tokenizer.vocab_size:
+            raise ValueError(
+                f"model vocab_size={vocab} is smaller than the tokenizer's vocabulary "
+                f"({tokenizer.vocab_size}): token ids >= {vocab} cannot be embedded or scored"
+            )
         self.out_dir = Path(out_dir)
+        self.mesh = mesh
         self.task = T.make_task(cfg.task, **(task_kwargs or {}))
         self.objective = build_objective(cfg.objective)
+        self._check_needs()
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
-        # nnx.split's State aliases the model's Variables; copy the tree so that later
-        # nnx.update(model, ...) calls cannot change the trainer's params or the reference.
-        params = jax.tree.map(lambda x: x, params)
-        tx = optax.adamw(cfg.learning_rate, b1=0.9, b2=0.99, weight_decay=0.0)
-        if cfg.max_grad_norm:
-            tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
-        self.tx = tx
+        # copy the buffers: the update donates the state, and nnx.split's State aliases the
+        # model's Variables (later nnx.update(model, ...) must not change the trainer either)
+        params = jax.tree.map(jnp.copy, params)
+        self.tx = rl_optimizer(cfg)
+        self.root_key = rng.root_key(cfg.seed)
+        needs_ref = cfg.use_reference or cfg.objective.uses_kl or "ref_logp" in self.needs
+        self.ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
         self.state = {
             "params": params,
-            "opt_state": tx.init(params),
+            "opt_state": self.tx.init(params),
             "obj_state": self.objective.init_state(),
             "step": jnp.zeros((), jnp.int32),
         }
-        self.ref_params = params if cfg.use_reference else None
-        gd_full, _ = nnx.split(model)
-        self._sampler = S.make_sampler(gd_full, cfg.sampling)
-        self._build_fns()
-        n_eval = cfg.eval_problems
-        self.eval_set = self.task.sample(
-            T.problem_rng(cfg.seed, 0, stream=99), n_eval, cfg.difficulties
+        self._hook = H.TEMPERATURE_HOOKS[cfg.temperature_hook] if cfg.temperature_hook else None
+        if self._hook is not None:
+            fn_kw, self._hook_update_kw = H.split_hook_kwargs(
+                cfg.temperature_hook, dict(cfg.temperature_hook_kwargs)
+            )
+            self.state["sampler"] = self._hook.init(fn_kw)
+            t_fn = H.HookTemperatureFn(cfg.temperature_hook, cfg.temperature, tuple(fn_kw.items()))
+            self._hook_update = jax.jit(
+                lambda st, r: self._hook.update(st, r, self._hook_update_kw)
+            )
+        else:
+            t_fn = cfg.temperature_fn
+        self.step_config = StepConfig(
+            prompt_width=cfg.prompt_width,
+            temperature=cfg.temperature,
+            epochs=cfg.epochs,
+            minibatches=cfg.minibatches,
+            group_size=cfg.group_size,
+            shuffle="groups" if self._needs_whole_groups() else "rows",
+            learning_rate=cfg.learning_rate,
+            fused_logprobs=cfg.fused_logprobs,
+            vocab_block=cfg.vocab_block,
+            measure_entropy_change=cfg.measure_entropy_change,
         )
-
-    # -- jitted pieces -------------------------------------------------------------------------
-
-    def _forward_logp(self, params, tokens, mask):
-        return _forward_logp(
+        self._check_mesh()
+        self._update = _cached_update(
+            self.objective,
+            self.tx,
             self.graphdef,
             self.rest,
-            self.cfg.prompt_width,
-            self.cfg.temperature,
-            params,
-            tokens,
-            mask,
+            self.step_config,
+            mesh,
+            cfg.on_nonfinite == "stop",
+            _optimizer_key(cfg),
         )
+        self._logprobs = lambda p, t, m: _logprobs_jit(
+            self.graphdef, self.step_config, p, self.rest, t, m
+        )
+        self._prepare = lambda r, rew, ref, ex: _prepare_jit(
+            r, rew, group_size=cfg.group_size, estimator=cfg.estimator, ref_logp=ref, extras=ex
+        )
+        gd_full, _ = nnx.split(model)
+        self._gd_full = gd_full
+        self._sampler = S.make_sampler(
+            gd_full, cfg.sampling, temperature_fn=t_fn, logit_processors=cfg.logit_processors
+        )
+        self._eval_sampler = S.make_sampler(
+            gd_full,
+            cfg.sampling,
+            temperature_fn=cfg.temperature_fn,
+            logit_processors=cfg.logit_processors,
+        )
+        self.eval_set = self.task.sample(
+            T.problem_rng(cfg.seed, 0, stream=99), cfg.eval_problems, cfg.difficulties
+        )
+        if mesh is not None:
+            self.state = self._place(self.state)
 
-    def _build_fns(self):
-        cfg = self.cfg
+    # -- construction checks ----------------------------------------------------------------
 
-        def recompute(params, tokens, mask):
-            lp, ent, _ = _recompute_jit(
-                self.graphdef, self.rest, cfg.prompt_width, cfg.temperature, params, tokens, mask
-            )
-            return lp, ent
+    @property
+    def needs(self) -> frozenset:
+        return frozenset(self.objective.needs)
 
-        def apply_update(state, batch, key, *, own_old_logp: bool):
-            """One AdamW step on the objective. ``own_old_logp``: the old log-probs are this
-            forward's own (stop-gradient), i.e. the update starts from the sampling params."""
-
-            def loss_fn(params):
-                lp, ent, z = self._forward_logp(params, batch["tokens"], batch["mask"])
-                old = jax.lax.stop_gradient(lp) if own_old_logp else batch["old_logp"]
-                inputs = ObjectiveInputs(
-                    logp=lp,
-                    old_logp=old,
-                    advantages=batch["advantages"],
-                    mask=batch["response_mask"],
-                    entropy=ent,
-                    old_entropy=batch["old_entropy"],
-                    ref_logp=batch.get("ref_logp"),
-                    logits=z,
-                    key=key,
-                    step=state["step"],
+    def _check_needs(self):
+        for n in self.needs:
+            if n.startswith("extras.") and H.provider_for(n[7:]) is None:
+                raise ValueError(
+                    f"the objective needs inputs.extras[{n[7:]!r}], which no RL extras provider "
+                    f"fills; register one with entropylab.rl.hooks.register_extra "
+                    f"(provided: {sorted(H._FILLS)})"
                 )
-                loss, metrics = self.objective.loss(inputs, state["obj_state"])
-                return loss, (metrics, old, jax.lax.stop_gradient(ent))
 
-            (loss, (metrics, old_logp, old_ent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state["params"]
+    def _needs_whole_groups(self) -> bool:
+        """Group-based advantage shapers (``group_size`` kwarg) need whole groups together."""
+        return any("group_size" in kw for kw in _component_kwargs(self.cfg.objective))
+
+    def _check_mesh(self):
+        if self.mesh is None:
+            return
+        n_dev = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        mb = self.cfg.prompts_per_step * self.cfg.group_size // self.cfg.minibatches
+        if mb % n_dev:
+            raise ValueError(
+                f"minibatch of {mb} rows is not divisible by data*fsdp = {n_dev} devices"
             )
-            upd, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], upd)
-            metrics = dict(
-                metrics, **{"loss/total": loss, "train/grad_norm": optax.tree.norm(grads)}
+        if self.step_config.shuffle == "groups" and (mb // n_dev) % self.cfg.group_size:
+            raise ValueError(
+                f"group-based advantage shapers need whole groups per device: {mb // n_dev} rows "
+                f"per device is not a multiple of group_size={self.cfg.group_size}"
             )
-            new_state = {**state, "params": params, "opt_state": opt_state}
-            return new_state, metrics, old_logp, old_ent
 
-        @jax.jit
-        def update(state, batch, key):
-            return apply_update(state, batch, key, own_old_logp=False)[:2]
+    def _place(self, state):
+        from entropylab.rl.step import state_shardings
 
-        @jax.jit
-        def update_onpolicy(state, batch, key):
-            return apply_update(state, batch, key, own_old_logp=True)
-
-        @jax.jit
-        def prepare(rewards, response_mask):
-            adv_seq = grpo_advantages(
-                rewards, group_size=cfg.group_size, norm_by_std=cfg.norm_adv_by_std
-            )
-            return adv_seq[:, None] * response_mask
-
-        @jax.jit
-        def step_stats(rollout, old_logp, old_ent, adv, ent_after):
-            mask = rollout.response_mask
-            ent_roll = masked_mean(rollout.entropy, mask)
-            ent_train = masked_mean(old_ent, mask)
-            stats = entropy_stats(rollout.entropy, mask)
-            extra = {}
-            if ent_after is not None:  # same states before/after the step
-                extra["cov/observed_dH"] = masked_mean(ent_after, mask) - ent_train
-            return {
-                **extra,
-                "rollout/entropy": ent_roll,
-                "train/entropy": ent_train,
-                "entropy/gap": ent_train - ent_roll,
-                "rollout/logp_gap": masked_mean(jnp.abs(old_logp - rollout.logp), mask),
-                **{f"rollout/entropy_{k}": v for k, v in stats.items()},
-                "response/length": jnp.mean(jnp.sum(mask.astype(jnp.float32), axis=1)),
-                "response/finished": jnp.mean(rollout.finished.astype(jnp.float32)),
-                "response/tokens": jnp.sum(mask.astype(jnp.int32)),
-                # full-rollout-batch covariance (overrides the objective's per-minibatch means)
-                **cov_lib.covariance_stats(old_logp, adv, mask),
-                "cov/predicted_dH": cov_lib.predicted_entropy_change(
-                    old_logp, adv, mask, learning_rate=cfg.learning_rate
-                ),
-            }
-
-        self._recompute, self._update = recompute, update
-        self._update_onpolicy, self._prepare, self._step_stats = (
-            update_onpolicy,
-            prepare,
-            step_stats,
-        )
+        sh = state_shardings(state, self.mesh)
+        rep = parallel.replicated(self.mesh)
+        sh = {**{k: jax.tree.map(lambda _: rep, v) for k, v in state.items()}, **sh}
+        return jax.device_put(state, sh)
 
     @property
     def fused_old_logp(self) -> bool:
         """Old log-probs are the single update's own forward (``epochs = minibatches = 1``)."""
-        return self.cfg.epochs == 1 and self.cfg.minibatches == 1
+        return self.step_config.on_policy
 
     def _full_state(self, params):
-        nnx.update(self.model, params)
-        return nnx.split(self.model)[1]
+        """The sampler's full model state: ``params`` merged with the non-parameter state (the
+        model object is not touched: its Variables must not alias buffers the update donates)."""
+        return nnx.merge_state(params, self.rest)
 
     # -- phases ---------------------------------------------------------------------------------
 
-    def rollout(self, params, problems, step: int, group: int, *, sample_offset: int = 0):
-        cfg = self.cfg
+    def _sample(self, sampler, params, problems, group, keys, t_state=None):
         prompts = [p.prompt for p in problems for _ in range(group)]
-        pt, pm = encode_fixed(self.tok, prompts, cfg.prompt_width)
-        pidx = jnp.repeat(jnp.arange(len(problems)), group)
-        sidx = jnp.tile(jnp.arange(group), len(problems)) + sample_offset
-        keys = S.sample_keys(cfg.seed, step, pidx, sidx)
-        r = self._sampler(self._full_state(params), pt, pm, keys)
+        pt, pm = T.encode_fixed(self.tok, prompts, self.cfg.prompt_width)
+        if t_state is None:
+            r = sampler(self._full_state(params), pt, pm, keys)
+        else:
+            r = sampler(self._full_state(params), pt, pm, keys, t_state)
         rep = [p for p in problems for _ in range(group)]
-        rewards = score(self.task, self.tok, rep, r.response, r.finished)
+        return r, T.score(self.task, self.tok, rep, r.response, r.finished), rep
+
+    def _keys(self, stream, step, n_problems, group, offset=0):
+        pidx = jnp.repeat(jnp.arange(n_problems), group)
+        sidx = jnp.tile(jnp.arange(group), n_problems) + offset
+        return rng.sample_keys(self.root_key, stream, step, pidx, sidx)
+
+    def rollout(self, params, problems, step: int, group: int, *, sample_offset: int = 0):
+        """Training rollout of ``problems`` × ``group`` (keys from the ``ROLLOUT`` stream)."""
+        keys = self._keys(rng.ROLLOUT, step, len(problems), group, sample_offset)
+        t_state = self.state.get("sampler")
+        r, rewards, _ = self._sample(self._sampler, params, problems, group, keys, t_state)
         return r, rewards
+
+    def temperature_samples(self, ctx: H.ExtrasContext) -> dict:
+        """AEPO's temperature samples (the ``temperature_samples`` extras provider)."""
+        cfg = self.cfg
+        h = float(masked_mean(ctx.rollout.entropy, ctx.rollout.response_mask))
+        t_high, t_low = cfg.aepo_temperatures
+        temp = t_high if h < cfg.aepo_target_entropy else t_low
+        sampler = S.make_sampler(self._gd_full, cfg.sampling_at(temp))
+        n = len(ctx.problems) // ctx.group_size
+        keys = self._keys(rng.TEMP_ROLLOUT, ctx.step, n, ctx.group_size)
+        problems = ctx.problems[:: ctx.group_size]
+        r, rewards, _ = self._sample(sampler, self.state["params"], problems, ctx.group_size, keys)
+        self._last_temp = temp
+        return {
+            "temp_tokens": r.tokens,
+            "temp_full_mask": r.mask,
+            "temp_mask": r.response_mask,
+            "temp_rewards": jnp.asarray(rewards, jnp.float32),
+        }
+
+    def _extras(self, r, rewards, problems, step) -> dict:
+        ctx = H.ExtrasContext(r, rewards, problems, self.cfg.group_size, step, self)
+        out, done = {}, set()
+        for n in sorted(self.needs):
+            if not n.startswith("extras."):
+                continue
+            name = H.provider_for(n[7:])
+            if name in done:
+                continue
+            done.add(name)
+            out.update(H.EXTRAS[name](ctx))
+        return out
 
     def evaluate(self, params) -> dict:
         """pass@1 (mean over k samples at the training temperature) and pass@k, held-out set."""
         cfg = self.cfg
-        r, rewards = self.rollout(params, self.eval_set, step=2**30, group=cfg.eval_k)
+        keys = self._keys(rng.EVAL, 0, len(self.eval_set), cfg.eval_k)
+        r, rewards, _ = self._sample(self._eval_sampler, params, self.eval_set, cfg.eval_k, keys)
         correct = (rewards == 1.0).reshape(len(self.eval_set), cfg.eval_k)
         out = {
             "eval/pass@1": pass_at_k(correct, 1),
@@ -316,6 +469,7 @@ class GRPOTrainer:
         return out
 
     def step(self, step: int) -> dict:
+        """One RL step (see the module docstring); returns the logged record."""
         cfg = self.cfg
         t0 = time.perf_counter()
         problems = self.task.sample(
@@ -324,61 +478,37 @@ class GRPOTrainer:
         r, rewards = self.rollout(self.state["params"], problems, step, cfg.group_size)
         jax.block_until_ready(r.tokens)
         t1 = time.perf_counter()
-        mask = r.response_mask
-        adv = self._prepare(jnp.asarray(rewards), mask)
-        batch = {
-            "tokens": r.tokens,
-            "mask": r.mask,
-            "response_mask": mask,
-            "old_entropy": r.entropy,
-            "advantages": adv,
-        }
+        rep = [p for p in problems for _ in range(cfg.group_size)]
+        extras = self._extras(r, rewards, rep, step)
+        ref = None
         if self.ref_params is not None:
-            batch["ref_logp"] = self._recompute(self.ref_params, r.tokens, r.mask)[0]
-        if not self.fused_old_logp:
-            old_logp, old_ent = self._recompute(self.state["params"], r.tokens, r.mask)
-            batch["old_logp"] = old_logp
+            ref = self._logprobs(self.ref_params, r.tokens, r.mask)
+        batch = self._prepare(r, jnp.asarray(rewards), ref, extras)
+        if self.mesh is not None:
+            batch = jax.device_put(batch, parallel.batch_sharding(self.mesh))
         t2 = time.perf_counter()
-        n = r.tokens.shape[0]
-        mb = n // cfg.minibatches
-        collected = []
-        if self.fused_old_logp:
-            key = jax.random.fold_in(jax.random.key(cfg.seed + 2), step * 1000)
-            self.state, metrics, old_logp, old_ent = self._update_onpolicy(self.state, batch, key)
-            collected.append(metrics)
-        else:
-            for epoch in range(cfg.epochs):
-                perm = jax.random.permutation(
-                    jax.random.fold_in(jax.random.key(cfg.seed + 1), step * 1000 + epoch), n
+        prev = self.state
+        new_state, metrics, _ = self._update(self.state, batch, self.root_key)
+        if self._hook is not None:
+            new_state = {**new_state, "sampler": self._hook_update(prev["sampler"], r)}
+        metrics = jax.device_get(metrics)
+        bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+        rec_guard = {}
+        if bad:
+            if cfg.on_nonfinite == "stop":
+                raise FloatingPointError(
+                    f"RL step {step}: non-finite metrics {bad} (set on_nonfinite='skip' to skip "
+                    "such updates)"
                 )
-                for m in range(cfg.minibatches):
-                    idx = perm[m * mb : (m + 1) * mb]
-                    # one minibatch is the whole batch: no reshuffle (same rows, same order)
-                    sub = (
-                        batch
-                        if cfg.minibatches == 1
-                        else jax.tree.map(lambda x, i=idx: x[i], batch)
-                    )
-                    key = jax.random.fold_in(
-                        jax.random.key(cfg.seed + 2), step * 1000 + epoch * 100 + m
-                    )
-                    self.state, metrics = self._update(self.state, sub, key)
-                    collected.append(metrics)
-        ent_after = None
-        if cfg.measure_entropy_change:
-            ent_after = self._recompute(self.state["params"], r.tokens, r.mask)[1]
-        stats = self._step_stats(r, old_logp, old_ent, adv, ent_after)
-        if len(collected) > 1:
-            collected = [jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *collected)]
-        metrics, stats = jax.device_get((collected[0], stats))
-        obj_state, obj_info = self.objective.update_state(self.state["obj_state"], metrics)
-        self.state = {**self.state, "obj_state": obj_state, "step": self.state["step"] + 1}
+            new_state = {**prev, "step": prev["step"] + 1}
+            rec_guard = {"guard/skipped": 1.0, "guard/nonfinite": ",".join(bad)}
+        self.state = new_state
         t3 = time.perf_counter()
 
+        mask = np.asarray(r.response_mask)
+        n_tok = int(mask.sum())
         groups = rewards.reshape(-1, cfg.group_size)
-        n_tok = int(stats.pop("response/tokens"))
-        diffs = np.array([p.difficulty for p in problems for _ in range(cfg.group_size)])
-        cov_keys = [k for k in stats if k.startswith("cov/")]
+        diffs = np.array([p.difficulty for p in rep])
         rec = {
             "reward/mean": float(rewards.mean()),
             "reward/acc": float(np.mean(rewards == 1.0)),
@@ -386,12 +516,11 @@ class GRPOTrainer:
                 f"reward/acc_d{d}": float(np.mean(rewards[diffs == d] == 1.0))
                 for d in sorted(set(diffs.tolist()))
             },
-            **{k: float(v) for k, v in stats.items() if k not in cov_keys},
             "groups/zero_adv_frac": float(np.mean(groups.max(1) == groups.min(1))),
+            "response/finished": float(np.mean(np.asarray(r.finished))),
+            "rollout/temperature": float((np.asarray(r.temperature) * mask).sum() / max(n_tok, 1)),
             **{k: float(v) for k, v in metrics.items()},
-            # full-rollout-batch covariance (overrides the per-minibatch means of the objective)
-            **{k: float(stats[k]) for k in cov_keys},
-            **{f"objective/{k}": float(v) for k, v in obj_info.items()},
+            **rec_guard,
             "time/rollout_s": t1 - t0,
             "time/prepare_s": t2 - t1,
             "time/update_s": t3 - t2,
@@ -410,6 +539,8 @@ class GRPOTrainer:
         start = 0
         if resume and ckpt.latest_step() is not None:
             self.state, _ = ckpt.restore(abstract_like(self.state))
+            if self.mesh is not None:
+                self.state = self._place(self.state)
             start = int(self.state["step"])
         writer = MetricWriter(
             self.out_dir / "metrics.jsonl", resume_step=start if start else None, tensorboard=False
@@ -432,5 +563,5 @@ class GRPOTrainer:
             bar.close()
             writer.close()
             ckpt.close()
-        nnx.update(self.model, self.state["params"])
+        nnx.update(self.model, jax.tree.map(jnp.copy, self.state["params"]))
         return records

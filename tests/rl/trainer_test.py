@@ -9,7 +9,8 @@ from flax import nnx
 from entropylab.losses.objective import ObjectiveConfig
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.rl import tasks as T
-from entropylab.rl.trainer import GRPOTrainer, RLConfig, pass_at_k
+from entropylab.rl.metrics import pass_at_k
+from entropylab.rl.trainer import GRPOTrainer, RLConfig
 
 CFG = RLConfig(
     difficulties=(1, 2),
@@ -107,6 +108,64 @@ def test_config_validation():
         RLConfig(prompts_per_step=3, group_size=3, minibatches=2)
     with pytest.raises(ValueError, match="unknown task"):
         RLConfig(task="chess")
+    for field, bad in (
+        ("temperature", 0.0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("max_new_tokens", 0),
+        ("eval_problems", 0),
+        ("learning_rate", float("nan")),
+        ("temperature", float("inf")),
+        ("aepo_temperatures", (1.2, float("nan"))),
+    ):
+        with pytest.raises(ValueError, match=field):
+            RLConfig(**{field: bad})
+    with pytest.raises(ValueError, match="advantage_estimator"):
+        RLConfig(advantage_estimator="gae_typo")
+    with pytest.raises(ValueError, match="temperature_hook"):
+        RLConfig(temperature_hook="nope")
+    with pytest.raises(ValueError, match="unknown argument"):
+        RLConfig(temperature_hook="hapo", temperature_hook_kwargs={"tau_typo": 0.1})
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        RLConfig(on_nonfinite="ignore")
+    assert RLConfig(norm_adv_by_std=False).estimator == "dr_grpo"
+    assert RLConfig(advantage_estimator="rloo").estimator == "rloo"
+
+
+def test_vocab_smaller_than_tokenizer_is_an_error(tmp_path):
+    tok = T.CharTokenizer()
+    cfg = TransformerConfig.smoke(vocab_size=tok.vocab_size - 1, max_seq_len=16)
+    with pytest.raises(ValueError, match="vocab_size"):
+        GRPOTrainer(CFG, Transformer(cfg, rngs=nnx.Rngs(0)), tok, tmp_path)
+
+
+def test_nonfinite_guard_stop_and_skip(tmp_path):
+    """A NaN metric stops the run naming the step and metric, or (skip) keeps the old state."""
+    import jax
+
+    for policy in ("stop", "skip"):
+        cfg = CFG.__class__(**{**CFG.__dict__, "on_nonfinite": policy, "eval_every": 0})
+        model, tok = _model()
+        tr = GRPOTrainer(cfg, model, tok, tmp_path / policy)
+        real = tr._update
+
+        def poisoned(state, batch, key, real=real):
+            new, metrics, stats = real(state, batch, key)
+            return new, {**metrics, "loss/total": metrics["loss/total"] * float("nan")}, stats
+
+        tr._update = poisoned
+        before = [np.asarray(x).copy() for x in jax.tree.leaves(tr.state["params"])]
+        if policy == "stop":
+            with pytest.raises(
+                FloatingPointError, match=r"step 0: non-finite metrics \['loss/total'\]"
+            ):
+                tr.step(0)
+            continue
+        rec = tr.step(0)
+        assert rec["guard/skipped"] == 1.0 and rec["guard/nonfinite"] == "loss/total"
+        assert int(tr.state["step"]) == 1
+        for a, b in zip(before, jax.tree.leaves(tr.state["params"]), strict=True):
+            np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_trainer_params_do_not_alias_the_model():
@@ -128,9 +187,16 @@ def test_trainer_params_do_not_alias_the_model():
 class _RecomputeTrainer(GRPOTrainer):
     """Forces the separate old-log-prob recompute even for one epoch × one minibatch."""
 
-    @property
-    def fused_old_logp(self):
-        return False
+    def __init__(self, cfg, *a, **kw):
+        import dataclasses
+
+        from entropylab.rl.step import make_update
+
+        super().__init__(cfg, *a, **kw)
+        self.step_config = dataclasses.replace(self.step_config, recompute_old_logp=True)
+        self._update = make_update(
+            self.objective, self.tx, self.graphdef, self.rest, self.step_config
+        )
 
 
 def test_single_update_fused_old_logp_equals_recompute(tmp_path):
@@ -180,3 +246,25 @@ def test_measure_entropy_change_same_batch(tmp_path):
         out[lr] = rec["cov/observed_dH"]
     assert abs(out[1e-9]) < 1e-5
     assert abs(out[3e-2]) > 1e-3
+
+
+def test_hapo_temperature_hook(tmp_path):
+    """HAPO's adaptive temperature: the first rollout samples at the base temperature, later ones
+    per token from the previous batch's entropy statistics (state in the checkpointed state)."""
+    cfg = CFG.__class__(
+        **{
+            **CFG.__dict__,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "minibatches": 1,
+            "temperature_hook": "hapo",
+            "temperature_hook_kwargs": {"tau": 0.5},
+        }
+    )
+    model, tok = _model()
+    tr = GRPOTrainer(cfg, model, tok, tmp_path)
+    assert not bool(tr.state["sampler"]["ready"])
+    r0, r1 = tr.step(0), tr.step(1)
+    assert r0["rollout/temperature"] == 1.0
+    assert bool(tr.state["sampler"]["ready"])
+    assert r1["rollout/temperature"] != 1.0 and 0.5 <= r1["rollout/temperature"] <= 1.5
