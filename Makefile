@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test test-install lint format bench clean
+.PHONY: run test test-install lint format bench notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(STAMP_TEST)
 	$(PY) -m bench.train_step
 	$(PY) -m bench.rollout
 	$(PY) -m bench.grpo_step
+
+# Re-execute the notebooks (headless, on the committed study data by default) and save them with
+# their outputs, figures included; see "Notebooks" in README.md.
+notebooks: $(STAMP_TEST)
+	$(PY) notebooks/execute.py notebooks/entropy_laws.ipynb notebooks/token_entropy.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
