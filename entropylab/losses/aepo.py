@@ -37,8 +37,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean
+from entropylab.losses.policy import (
+    _nan_probe,
+    check_loss_agg_mode,
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    ppo_clip_per_token,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_policy_loss, register_regularizer
+from entropylab.ops.masked import aggregate, masked_count, masked_mean
 
 __all__ = [
     "aepo_entropy_estimate",
@@ -163,8 +172,7 @@ def aepo_reinforce_loss(
     """
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
+    check_loss_agg_mode(loss_agg_mode)
     logp = jnp.asarray(logp)
     r = jnp.asarray(rewards, dtype=logp.dtype)
     if r.ndim == 1:
@@ -189,6 +197,7 @@ def aepo_reinforce_loss(
     return loss, metrics
 
 
+@register_policy_loss("aepo", extras=("temp_logp", "temp_rewards", "temp_mask", "temp_old_logp"))
 def aepo_loss(
     logp,
     old_logp,
@@ -207,6 +216,7 @@ def aepo_loss(
     clip_ratio_high: float | None = None,
     clip_ratio_c: float | None = 3.0,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
@@ -241,27 +251,35 @@ def aepo_loss(
     temperature (their sampling temperature only changed what was sampled).
 
     α (``reinforce_coef``) is not reported as a number in the paper; see the module docstring.
+    The PPO part is the shared surrogate (:mod:`entropylab.losses.policy`: ``[B]`` advantages,
+    ``old_logp=None``, ``token_weights`` on the GRPO rows, the NaN policy, the base metrics).
 
     References: arXiv:2510.08141.
     """
     if reinforce_coef < 0:
         raise ValueError(f"reinforce_coef must be >= 0, got {reinforce_coef}")
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
-    logp = jnp.asarray(logp)
-    temp_logp = jnp.asarray(temp_logp)
-    if logp.ndim != 2 or temp_logp.ndim != 2 or logp.shape[1] != temp_logp.shape[1]:
-        raise ValueError(
-            f"logp [B, T] and temp_logp [B', T] must share T, got {logp.shape}, {temp_logp.shape}"
-        )
-    ppo_tok, info = ppo_clip_per_token(
+    b = policy_batch(
+        "aepo_loss",
         logp,
         old_logp,
         advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
+    logp = b.logp
+    temp_logp = jnp.asarray(temp_logp)
+    if temp_logp.ndim != 2 or logp.shape[1] != temp_logp.shape[1]:
+        raise ValueError(
+            f"logp [B, T] and temp_logp [B', T] must share T, got {logp.shape}, {temp_logp.shape}"
+        )
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    ppo_tok, info = clipped_surrogate(
+        jnp.exp(d),
+        b.advantages,
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
         clip_ratio_c=clip_ratio_c,
-        log_ratio_clamp=log_ratio_clamp,
     )
     rf_kw = dict(
         old_logp=temp_old_logp,
@@ -269,7 +287,7 @@ def aepo_loss(
         clip_ratio_low=clip_ratio_low,
         clip_ratio_high=clip_ratio_high,
     )
-    main_mask = jnp.asarray(mask) != 0
+    main_mask = b.valid
     n_replaced = jnp.zeros((), jnp.int32)
     if pooled and replace_grpo_rows:
         # The release's `Pos[:S] ++ B[S:]`: the S REINFORCE rows take the first S GRPO rows' place.
@@ -281,6 +299,15 @@ def aepo_loss(
             row = row + jax.lax.axis_index(axis_name) * logp.shape[0]
         main_mask = main_mask & (row >= n_replaced)[:, None]
     mask = main_mask
+    red_kw = dict(
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        clip_mask=mask,
+        log_ratio_values=d,
+    )
     if pooled:
         # Per-token REINFORCE losses, aggregated together with the PPO tokens.
         r = jnp.asarray(temp_rewards, dtype=temp_logp.dtype)
@@ -299,18 +326,17 @@ def aepo_loss(
             )
         else:
             raise ValueError(f"reinforce_estimator must be one of {_ESTIMATORS}")
-        per_tok = jnp.concatenate([ppo_tok, reinforce_coef * rf_tok], axis=0)
-        all_mask = jnp.concatenate([jnp.asarray(mask) != 0, jnp.asarray(temp_mask) != 0], 0)
+        w_tok = ppo_tok if b.weights is None else ppo_tok * b.weights
+        per_tok = jnp.concatenate([w_tok, reinforce_coef * rf_tok], axis=0)
+        all_mask = jnp.concatenate([mask, jnp.asarray(temp_mask) != 0], 0)
         loss = aggregate(
             per_tok,
             all_mask,
             loss_agg_mode,
             loss_scale_factor=loss_scale_factor,
             axis_name=axis_name,
-        )
-        pg_loss = aggregate(
-            ppo_tok, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
-        )
+        ) + _nan_probe(b, axis_name)
+        pg_loss, base = reduce_policy_loss(ppo_tok, b, agg_mask=mask, **red_kw)
         rf_loss, _ = aepo_reinforce_loss(
             temp_logp,
             temp_rewards,
@@ -321,9 +347,7 @@ def aepo_loss(
             **rf_kw,
         )
     else:
-        pg_loss = aggregate(
-            ppo_tok, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
-        )
+        pg_loss, base = reduce_policy_loss(ppo_tok, b, agg_mask=mask, **red_kw)
         rf_loss, _ = aepo_reinforce_loss(
             temp_logp,
             temp_rewards,
@@ -337,10 +361,7 @@ def aepo_loss(
     n_main = masked_count(mask, axis_name=axis_name)
     n_temp = masked_count(temp_mask, axis_name=axis_name)
     metrics = {
-        "pg/loss": pg_loss,
-        "pg/clipfrac": masked_mean(
-            info["clipped"].astype(pg_loss.dtype), mask, axis_name=axis_name
-        ),
+        **base,
         "aepo/loss": loss,
         "aepo/reinforce_loss": rf_loss,
         "aepo/reinforce_token_share": jnp.where(
@@ -349,8 +370,42 @@ def aepo_loss(
         "aepo/replaced_rows": n_replaced.astype(pg_loss.dtype),
         "aepo/entropy_estimate": aepo_entropy_estimate(
             jnp.concatenate([logp, temp_logp], 0),
-            jnp.concatenate([jnp.asarray(mask) != 0, jnp.asarray(temp_mask) != 0], 0),
+            jnp.concatenate([mask, jnp.asarray(temp_mask) != 0], 0),
             axis_name=axis_name,
         ),
     }
     return loss, metrics
+
+
+# ------------------------------------------------------------------ objective registration
+def _aepo_reinforce_component(inputs, ctx, *, coef=1.0, **kw):
+    """``α · agg(−R·log π_θ)`` on the temperature samples (AEPO paper form, not pooled)."""
+    ex = inputs.extras or {}
+    for n in ("temp_logp", "temp_rewards", "temp_mask"):
+        if n not in ex:
+            raise ValueError(f"regularizer 'aepo_reinforce' needs inputs.extras[{n!r}]")
+    loss, m = aepo_reinforce_loss(
+        ex["temp_logp"],
+        ex["temp_rewards"],
+        ex["temp_mask"],
+        old_logp=ex.get("temp_old_logp"),
+        loss_agg_mode=ctx.loss_agg_mode,
+        loss_scale_factor=ctx.loss_scale_factor,
+        axis_name=ctx.axis_name,
+        **kw,
+    )
+    return coef * loss, {**m, "aepo/reinforce_coef": jnp.asarray(coef, loss.dtype)}
+
+
+def _validate_coef(kw):
+    if not kw.get("coef", 1.0) >= 0:
+        raise ValueError(f"coef must be >= 0, got {kw['coef']}")
+
+
+register_regularizer(
+    "aepo_reinforce",
+    _aepo_reinforce_component,
+    accepts=frozenset({"coef", "estimator", "clip_ratio_low", "clip_ratio_high"}),
+    needs=("extras.temp_logp", "extras.temp_rewards", "extras.temp_mask"),
+    validate=_validate_coef,
+)

@@ -114,9 +114,10 @@ def aepo_agentic_loss(
       ``(loss, metrics)``; metrics: the base set, ``aepo/clip_upper_frac`` (tokens whose
       gradient was preserved), ``aepo/entropy_mean``, ``aepo/entropy_std``.
 
-    References: arXiv:2510.14545; the authors' repository (``dongguanting/ARPO``) was read for its
-    scripts only; the loss is checked against the ARLArena port ``WillDreamer/ARLArena`` ``verl/trainer/ppo/core_algos.py``
-    ``compute_policy_loss_aepo`` at dc1da9f717d1 (tests/losses/aepo_agentic_test.py).
+    References: arXiv:2510.14545; the authors' repository (``dongguanting/ARPO``) was read for
+    its scripts only; the loss is checked against the ARLArena port ``WillDreamer/ARLArena``
+    ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_aepo`` at dc1da9f717d1
+    (tests/losses/aepo_agentic_test.py).
     """
     if gradient_preserving not in _GP_MODES:
         raise ValueError(

@@ -44,14 +44,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from entropylab.losses import aepo as _aepo
+from entropylab.losses import aepo as _aepo  # noqa: F401  (registers itself)
 from entropylab.losses import aepo_agentic as _aepo_agentic  # noqa: F401  (registers itself)
 from entropylab.losses import ares as _ares
 from entropylab.losses import covariance as _covariance  # noqa: F401  (registers itself)
 from entropylab.losses import entropy as _ent
 from entropylab.losses import ettrl as _ettrl_mod
 from entropylab.losses import forking as _forking  # noqa: F401  (registers itself)
-from entropylab.losses import hapo as _hapo
+from entropylab.losses import hapo as _hapo  # noqa: F401  (registers itself)
 from entropylab.losses import hicra as _hicra_mod
 from entropylab.losses import kl as _kl
 from entropylab.losses import policy as _policy  # noqa: F401  (registers itself)
@@ -61,7 +61,6 @@ from entropylab.losses.registry import (
     SumCount,
     kwargs_of,
     register_advantage_shaper,
-    register_policy_loss,
     register_regularizer,
 )
 from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_sum
@@ -107,44 +106,6 @@ def _check_source(default):
             raise ValueError(f"entropy_source must be one of {_SOURCES}, got {got!r}")
 
     return validate
-
-
-def _entropy_policy(name, loss_fn, default_source, exclude=("entropy",)):
-    def fn(inputs, ctx, entropy_source=default_source, **kw):
-        h = _entropy(inputs, entropy_source, f"policy_loss {name!r}")
-        args = (inputs.logp, inputs.old_logp, inputs.advantages, inputs.mask)
-        return loss_fn(*args, entropy=h, **ctx.agg_kw, **kw)
-
-    acc, req = kwargs_of(loss_fn, _AGG + tuple(exclude))
-    register_policy_loss(
-        name,
-        fn,
-        accepts=acc | {"entropy_source"},
-        required=req,
-        needs=_source_needs(default_source),
-        validate=_check_source(default_source),
-    )
-
-
-# HAPO's loss lives in hapo.py (being revised): registered here until it registers itself.
-_entropy_policy("hapo", _hapo.hapo_loss, "current", exclude=("entropy", "key"))
-
-_TEMP = ("temp_logp", "temp_rewards", "temp_mask", "temp_old_logp")
-
-
-def _aepo_policy(inputs, ctx, **kw):
-    who = "policy_loss 'aepo'"
-    temp = {n: _extra(inputs, n, who, optional=n == "temp_old_logp") for n in _TEMP}
-    args = (inputs.logp, inputs.old_logp, inputs.advantages, inputs.mask)
-    return _aepo.aepo_loss(*args, **temp, **ctx.agg_kw, **kw)
-
-
-register_policy_loss(
-    "aepo",
-    _aepo_policy,
-    accepts=kwargs_of(_aepo.aepo_loss, _AGG + _TEMP)[0],
-    needs=("extras.temp_logp", "extras.temp_rewards", "extras.temp_mask"),
-)
 
 
 # ------------------------------------------------------------------------------ regularizers
@@ -336,34 +297,6 @@ register_regularizer(
 )
 
 
-def _aepo_reg(inputs, ctx, *, coef=1.0, **kw):
-    """``α · agg(−R·log π_θ)`` on the temperature samples (AEPO paper form, not pooled)."""
-    who = "regularizer 'aepo_reinforce'"
-    temp_old = _extra(inputs, "temp_old_logp", who, optional=True)
-    loss, m = _aepo.aepo_reinforce_loss(
-        _extra(inputs, "temp_logp", who),
-        _extra(inputs, "temp_rewards", who),
-        _extra(inputs, "temp_mask", who),
-        old_logp=temp_old,
-        **ctx.agg_kw,
-        **kw,
-    )
-    return coef * loss, {**m, "aepo/reinforce_coef": jnp.asarray(coef, loss.dtype)}
-
-
-def _validate_coef(kw):
-    if not kw.get("coef", 1.0) >= 0:
-        raise ValueError(f"coef must be >= 0, got {kw['coef']}")
-
-
-register_regularizer(
-    "aepo_reinforce",
-    _aepo_reg,
-    accepts=kwargs_of(_aepo.aepo_reinforce_loss, _AGG + ("old_logp",))[0] | {"coef"},
-    needs=("extras.temp_logp", "extras.temp_rewards", "extras.temp_mask"),
-    validate=_validate_coef,
-)
-
 _BUCKETS = ("easy", "medium", "hard")
 
 
@@ -390,32 +323,36 @@ def _ares_kl(inputs, ctx, *, kl_coef=1e-2, kind="low_var_kl", **kw):
         loss_scale_factor=ctx.loss_scale_factor,
         axis_name=ctx.axis_name,
     )
+    # the release's per-bucket statistic: mean over the bucket's responses of each response's
+    # token-mean KL (ares_bucket_kl)
+    bkl, _ = _ares.ares_bucket_kl(k, valid, b, axis_name=ctx.axis_name)
     m = {}
     for d, nm in enumerate(_BUCKETS):
-        sel = valid & (b == d)[:, None]
-        m[f"ares/kl_{nm}"] = masked_mean(_sg(k), sel, axis_name=ctx.axis_name)
-        m[f"ares/tokens_{nm}"] = masked_count(sel, axis_name=ctx.axis_name)
+        m[f"ares/kl_{nm}"] = bkl[d]
+        m[f"ares/responses_{nm}"] = masked_count(b == d, axis_name=ctx.axis_name)
         m[f"ares/beta_{nm}"] = ctx.state.beta[d]
     return loss, m
 
 
 def _ares_kl_update(state, metrics, kw):
     kl = jnp.stack([metrics[f"ares/kl_{n}"] for n in _BUCKETS])
-    present = jnp.stack([metrics[f"ares/tokens_{n}"] > 0 for n in _BUCKETS])
+    present = jnp.stack([metrics[f"ares/responses_{n}"] > 0 for n in _BUCKETS])
     new = _ares.ares_kl_update(state, kl, present, **_ares_update_kw(kw))
     return new, {f"ares/beta_next_{n}": new.beta[d] for d, n in enumerate(_BUCKETS)}
 
 
 def _ares_kl_stats(inputs, ctx, metrics, kw):
-    """``{"kl": (Σ KL, tokens)}`` per bucket ``[3]`` (easy, medium, hard), global."""
+    """``{"kl": (Σ_responses mean-token KL, responses)}`` per bucket ``[3]`` (easy, medium,
+    hard), global: added over mini-batches it is :func:`ares_bucket_kl` of the whole batch."""
     kl = jnp.stack([metrics[f"ares/kl_{n}"] for n in _BUCKETS])
-    cnt = jnp.stack([metrics[f"ares/tokens_{n}"] for n in _BUCKETS])
+    cnt = jnp.stack([metrics[f"ares/responses_{n}"] for n in _BUCKETS])
     return {"kl": SumCount.from_mean(kl, cnt)}
 
 
 def _ares_kl_from_stats(state, stats, kw):
-    """One :func:`ares_kl_update` call on the per-bucket token-mean KL of everything added into
-    ``stats`` (buckets with no token are not present; no token at all: no call)."""
+    """One :func:`ares_kl_update` call on the per-bucket KL of everything added into ``stats``
+    (the release's mean of per-response means; buckets with no response are not present; no
+    response at all: no call)."""
     st = stats["kl"]
     new = _ares.ares_kl_update(state, st.mean(), st.count > 0, **_ares_update_kw(kw))
     new = _tree_where(jnp.any(st.count > 0), new, state)
@@ -486,21 +423,4 @@ register_advantage_shaper(
     required=("group_size",),
     needs=_source_needs("old"),
     validate=_check_source("old"),
-)
-
-
-def _hapo_shaper(inputs, ctx, **kw):
-    """HAPO token-level group average: advantages from ``extras["rewards"]`` ``[B]``
-    (replacing ``inputs.advantages``), groups = ``group_size`` consecutive rows."""
-    r = _extra(inputs, "rewards", "advantage_shaper 'hapo_advantages'")
-    adv, m = _hapo.hapo_token_group_advantages(r, inputs.mask, **kw)
-    return adv.astype(jnp.result_type(inputs.advantages)), _pmean(m, ctx.axis_name)
-
-
-register_advantage_shaper(
-    "hapo_advantages",
-    _hapo_shaper,
-    accepts=kwargs_of(_hapo.hapo_token_group_advantages)[0],
-    required=("group_size",),
-    needs=("extras.rewards",),
 )

@@ -48,8 +48,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from entropylab.losses.policy import ppo_clip_per_token
-from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_quantile
+from entropylab.losses.policy import (
+    clipped_surrogate,
+    log_ratio,
+    policy_batch,
+    reduce_policy_loss,
+)
+from entropylab.losses.registry import register_advantage_shaper, register_policy_loss
+from entropylab.ops.masked import masked_count, masked_mean, masked_quantile
 
 __all__ = [
     "HapoEntropyStats",
@@ -303,6 +309,7 @@ def hapo_redistribute_advantages(
     return jnp.where(use_ent, a_ent, adv)
 
 
+@register_policy_loss("hapo", entropy_source="current")
 def hapo_loss(
     logp,
     old_logp,
@@ -321,6 +328,7 @@ def hapo_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float | None = 10.0,
     log_ratio_clamp: float = 20.0,
+    token_weights=None,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: float | None = None,
     axis_name=None,
@@ -332,26 +340,37 @@ def hapo_loss(
 
         ℓ = max(−A' r, −A' clip(r, 1 − ε_l', 1 + ε_h')),   ℓ = min(ℓ, −A' c) for A' < 0
 
-    The per-token clip ranges are arrays, which :func:`ppo_clip_per_token` (scalar ε) does not
-    take, so the clipped branch is evaluated here with the ratio ``ppo_clip_per_token`` returns.
-    Defaults follow the release script: ε 0.2/0.2, c = 10, α = β = 1, pivot 0.8.
+    The method's pieces around the shared surrogate
+    (:func:`~entropylab.losses.policy.clipped_surrogate`, which takes per-token ε arrays): the
+    per-token clip ranges and the redistributed advantages. Defaults follow the release
+    script: ε 0.2/0.2, c = 10, α = β = 1, pivot 0.8.
 
-    Shapes: all ``[B, T]``; ``entropy`` is the current policy's token entropy (no gradient).
+    Shapes and conventions (``[B]`` advantages, ``old_logp=None``, ``token_weights``, NaN policy,
+    base metrics): :mod:`entropylab.losses.policy`; ``entropy`` ``[B, T]`` is the current
+    policy's token entropy (no gradient).
 
     Checked against ``compute_policy_loss`` (with ``compute_entropy_h``, ``ada_clip``,
     ``ada_advantage``) in ``starriver030515/HAPO`` @ 7671dde ``verl/trainer/ppo/core_algos.py``
     (with ``negative_scale="code"``; the release computes ĥ per micro-batch).
     """
-    if loss_agg_mode not in AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {AGG_MODES}, got {loss_agg_mode!r}")
+    b = policy_batch(
+        "hapo_loss",
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        token_weights=token_weights,
+        loss_agg_mode=loss_agg_mode,
+    )
     if clip_ratio_c is not None and not clip_ratio_c > 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 or None, got {clip_ratio_c}")
-    logp = jnp.asarray(logp)
-    if logp.ndim != 2:
-        raise ValueError(f"hapo_loss expects [B, T] inputs, got {logp.shape}")
+    if entropy is None or jnp.shape(entropy) != b.valid.shape:
+        got = None if entropy is None else jnp.shape(entropy)
+        raise ValueError(f"hapo_loss: entropy must have logp's shape {b.valid.shape}, got {got}")
+    m = b.valid
     score = hapo_entropy_score(
         entropy,
-        mask,
+        m,
         pivot=pivot,
         negative_scale=negative_scale,
         interpolation=interpolation,
@@ -367,39 +386,63 @@ def hapo_loss(
     else:
         eps_l = jnp.full(score.shape, clip_ratio_low, score.dtype)
         eps_h = jnp.full(score.shape, clip_ratio_high, score.dtype)
-    _, info = ppo_clip_per_token(
-        logp, old_logp, jnp.zeros_like(logp), log_ratio_clamp=log_ratio_clamp
-    )
-    ratio = info["ratio"]
-    adv = jnp.asarray(advantages)
+    d = log_ratio(b.logp, b.old_logp, log_ratio_clamp)
+    ratio = jnp.exp(d)
+    adv = b.advantages
     if adaptive_advantage:
         adv = hapo_redistribute_advantages(adv, score, ratio, eps_l, eps_h, adv_beta=adv_beta)
     adv = jax.lax.stop_gradient(adv)
-    loss1 = -adv * ratio
-    loss2 = -adv * jnp.clip(ratio, 1.0 - eps_l, 1.0 + eps_h)
-    clipped = loss2 > loss1
-    per_tok = jnp.maximum(loss1, loss2)
-    neg = adv < 0
-    if clip_ratio_c is not None:
-        loss3 = -adv * clip_ratio_c
-        dual = neg & (per_tok > loss3)
-        per_tok = jnp.where(neg, jnp.minimum(per_tok, loss3), per_tok)
-    else:
-        dual = jnp.zeros_like(clipped)
-    loss = aggregate(
-        per_tok, mask, loss_agg_mode, loss_scale_factor=loss_scale_factor, axis_name=axis_name
+    per_tok, info = clipped_surrogate(
+        ratio, adv, clip_ratio_low=eps_l, clip_ratio_high=eps_h, clip_ratio_c=clip_ratio_c
+    )
+    loss, metrics = reduce_policy_loss(
+        per_tok,
+        b,
+        loss_agg_mode=loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+        axis_name=axis_name,
+        clipped=info["clipped"],
+        dual_clipped=info["dual_clipped"],
+        log_ratio_values=d,
     )
     f = loss.dtype
-    m = jnp.asarray(mask) != 0
     n_pos = masked_count(m & (score > 0), axis_name=axis_name, dtype=f)
-    metrics = {
-        "pg/loss": loss,
-        "pg/clipfrac": masked_mean(clipped.astype(f), m, axis_name=axis_name),
-        "pg/clipfrac_lower": masked_mean(dual.astype(f), m, axis_name=axis_name),
-        "pg/ppo_kl": jax.lax.stop_gradient(masked_mean(-jnp.log(ratio), m, axis_name=axis_name)),
-        "hapo/score_mean": masked_mean(score, m, axis_name=axis_name),
-        "hapo/high_entropy_frac": n_pos / jnp.maximum(masked_count(m, axis_name=axis_name), 1.0),
-        "hapo/eps_high_mean": masked_mean(eps_h, m, axis_name=axis_name),
-        "hapo/eps_low_mean": masked_mean(eps_l, m, axis_name=axis_name),
-    }
+    metrics.update(
+        {
+            "hapo/score_mean": masked_mean(score, m, axis_name=axis_name),
+            "hapo/high_entropy_frac": n_pos
+            / jnp.maximum(masked_count(m, axis_name=axis_name), 1.0),
+            "hapo/eps_high_mean": masked_mean(eps_h, m, axis_name=axis_name),
+            "hapo/eps_low_mean": masked_mean(eps_l, m, axis_name=axis_name),
+        }
+    )
     return loss, metrics
+
+
+# ------------------------------------------------------------------ objective registration
+def _hapo_advantages_component(inputs, ctx, **kw):
+    """HAPO token-level group average: advantages from ``extras["rewards"]`` ``[B]``
+    (replacing ``inputs.advantages``), groups = ``group_size`` consecutive rows."""
+    r = (inputs.extras or {}).get("rewards")
+    if r is None:
+        raise ValueError("advantage_shaper 'hapo_advantages' needs inputs.extras['rewards']")
+    adv, m = hapo_token_group_advantages(r, inputs.mask, **kw)
+    if ctx.axis_name is not None:  # group-local metrics → global means (equal local batches)
+        m = {k: jax.lax.pmean(v, ctx.axis_name) for k, v in m.items()}
+    return adv.astype(jnp.result_type(inputs.advantages)), m
+
+
+def _hapo_advantages_kwargs():
+    import inspect
+
+    ps = inspect.signature(hapo_token_group_advantages).parameters.values()
+    return frozenset(p.name for p in ps if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+register_advantage_shaper(
+    "hapo_advantages",
+    _hapo_advantages_component,
+    accepts=_hapo_advantages_kwargs(),
+    required=("group_size",),
+    needs=("extras.rewards",),
+)

@@ -267,15 +267,16 @@ class Objective:
     ``stats`` is a pytree of :class:`~entropylab.losses.registry.SumCount` ``(sum, count)``
     pairs, one per stateful part: ``{"kl": …}`` (adaptive KL controller: Σ of per-sequence mean
     KL, number of sequences), ``{"regularizers": {"adaptive_entropy": {"entropy": (Σ H, tokens)},
-    "siren": {"anchor": (Σ_rows H_sel, rows)}, "ares_kl": {"kl": (Σ KL [3], tokens [3])}}}``.
+    "siren": {"anchor": (Σ_rows H_sel, rows)}, "ares_kl": {"kl": (Σ_responses KL [3], responses
+    [3])}}}``.
     Added over mini-batches it holds the statistic of the whole batch, and each controller
     then makes **one** update from ``sum / count``: the adaptive entropy coefficient moves on the
     token-mean entropy of all mini-batches, the adaptive KL β on the mean per-sequence KL over
     all sequences with ``n_steps`` = their number (verl's whole-batch ``current_kl``), ARES'
-    per-bucket β on each bucket's token-mean KL (one controller call per step; the release calls
-    it per micro-batch), SIREN's anchor on the row-weighted mean of the first step's
-    candidates. A part with ``count == 0`` (nothing added) leaves its state unchanged. The
-    statistics are global over ``axis_name`` (identical on every device).
+    per-bucket β on each bucket's mean of per-response token-mean KL (one controller call per
+    step; the release calls it per micro-batch), SIREN's anchor on the row-weighted mean of the
+    first step's candidates. A part with ``count == 0`` (nothing added) leaves its state
+    unchanged. The statistics are global over ``axis_name`` (identical on every device).
     """
 
     config: ObjectiveConfig

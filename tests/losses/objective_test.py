@@ -556,12 +556,13 @@ def test_stats_two_minibatches_then_one_update_under_jit():
     err = np.clip(seq.mean() / 0.05 - 1.0, -0.2, 0.2)
     np.testing.assert_allclose(info["kl/current"], seq.mean(), rtol=1e-5)
     np.testing.assert_allclose(st1["kl"], 0.1 * (1 + err * B / 40.0), rtol=1e-6)
-    # ARES: one controller call on each bucket's token-mean KL over the whole batch
+    # ARES: one controller call on each bucket's KL over the whole batch, the release's statistic
+    # (mean over the bucket's responses of each response's token-mean KL; empty response → 0)
     b = np.asarray(inp.extras["difficulty"])
-    sel = [m & (b == d)[:, None] for d in range(3)]
-    kl_b = np.array([k3[s].mean() if s.any() else 0.0 for s in sel])
+    rows = [np.flatnonzero(b == d) for d in range(3)]
+    kl_b = np.array([seq[r].mean() if len(r) else 0.0 for r in rows])
     want = ares_kl_update(
-        ares_kl_init(target_kl=0.01), kl_b, [s.any() for s in sel], update_every=1
+        ares_kl_init(target_kl=0.01), kl_b, [len(r) > 0 for r in rows], update_every=1
     )
     np.testing.assert_allclose(st1["regularizers"]["ares_kl"].beta, want.beta, rtol=1e-5)
     # SIREN: the anchor is the row-weighted mean of the two mini-batches' candidates

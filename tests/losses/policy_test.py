@@ -454,8 +454,10 @@ def test_other_losses_distributed():
 # ------------------------------------------- one interface for every policy loss (issue 19/12)
 from entropylab.losses import (  # noqa: E402
     aepo_agentic_loss,
+    aepo_loss,
     clip_cov_loss,
     forking_token_loss,
+    hapo_loss,
     kl_cov_loss,
     steer_loss,
 )
@@ -473,6 +475,15 @@ ALL_LOSSES = {
     "forking": (forking_token_loss, {"entropy": _ENT, "top_rho": 0.5}),
     "steer": (steer_loss, {"entropy": _ENT}),
     "aepo_agentic": (aepo_agentic_loss, {"entropy": _ENT}),
+    "hapo": (hapo_loss, {"entropy": _ENT}),
+    "aepo": (
+        aepo_loss,
+        {
+            "temp_logp": -_ENT[:2] / 4,
+            "temp_rewards": np.array([1.0, 0.0], np.float32),
+            "temp_mask": np.ones((2, _T), bool),
+        },
+    ),
 }
 
 
