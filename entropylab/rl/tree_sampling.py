@@ -52,7 +52,7 @@ from flax import nnx
 from entropylab.ops.entropy import logprobs_and_entropy, token_entropy
 from entropylab.rl import sampling as S
 
-__all__ = ["TreeConfig", "TreeRollout", "generate_tree", "make_tree_sampler"]
+__all__ = ["TreeConfig", "TreeRollout", "as_group_sampler", "generate_tree", "make_tree_sampler"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -294,3 +294,37 @@ def make_tree_sampler(
     return functools.partial(
         _tree_jit, graphdef, cfg, tree, temperature_fn, tuple(logit_processors)
     )
+
+
+def as_group_sampler(
+    graphdef, cfg: S.SamplingConfig, tree: TreeConfig, *, temperature_fn=None, logit_processors=()
+) -> Callable:
+    """The tree sampler behind the plain sampler's calling convention, for the RL trainer.
+
+    ``sampler(state, prompt_tokens [B·S, P], prompt_mask, keys [B·S]) -> Rollout`` where each
+    prompt appears ``S = tree.slots`` times in a row (the trainer's ``group_size = S`` layout)
+    and ``keys`` are the per-sample keys (``sample_index`` = slot). Row ``i·S + j`` is slot j of
+    prompt i. Slots the budget left unused come back with an all-False ``response_mask`` (and
+    ``finished`` False): a trainer must drop them from rewards and group statistics (test
+    ``response_mask.any(1)``). The tree structure is only in :func:`make_tree_sampler`'s output.
+    """
+    fn = make_tree_sampler(
+        graphdef, cfg, tree, temperature_fn=temperature_fn, logit_processors=logit_processors
+    )
+    s = tree.slots
+
+    def sampler(state, prompt_tokens, prompt_mask, keys):
+        rows = prompt_tokens.shape[0]
+        if rows % s or keys.shape != (rows,):
+            raise ValueError(
+                f"prompt_tokens rows {rows} must be a multiple of tree slots {s} and keys "
+                f"{keys.shape} must be ({rows},)"
+            )
+        pt = jnp.asarray(prompt_tokens)
+        grouped = pt.reshape(rows // s, s, -1)
+        if not isinstance(pt, jax.core.Tracer) and not bool(jnp.all(grouped == grouped[:, :1])):
+            raise ValueError("each prompt must fill S = tree.slots consecutive rows")
+        out = fn(state, pt[::s], jnp.asarray(prompt_mask)[::s], keys.reshape(rows // s, s))
+        return out.rollout
+
+    return sampler

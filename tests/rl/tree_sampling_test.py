@@ -56,6 +56,15 @@ def test_infinite_threshold_is_the_plain_sampler_bit_for_bit(setup):
     )
     assert not np.asarray(tr.rollout.response_mask)[~alloc].any()
     assert (np.asarray(tr.parent) == -1).all() and int(tr.saved_tokens) == 0
+    # the trainer-facing adapter (plain-sampler calling convention, same compiled function)
+    g = T.as_group_sampler(gd, cfg, tc)(
+        st, jnp.repeat(pt, s, 0), jnp.repeat(pm, s, 0), keys.reshape(-1)
+    )
+    assert np.array_equal(np.asarray(g.logp), np.asarray(tr.rollout.logp))
+    with pytest.raises(ValueError, match="consecutive"):
+        T.as_group_sampler(gd, cfg, tc)(
+            st, jnp.tile(pt, (s, 1)), jnp.tile(pm, (s, 1)), keys.reshape(-1)
+        )
 
 
 def replay(ent, valid, tc, n_prompts):
@@ -151,3 +160,15 @@ def test_arpo_rule_replay_and_validation(setup):
         T.TreeConfig(mode="beam")
     with pytest.raises(ValueError, match="keys"):
         T.generate_tree(None, pt, pm, slot_keys(B, 2), cfg, tc)
+
+
+def test_bench_quick_mode_runs():
+    from bench import tree_rollout
+
+    plain, tree = tree_rollout.main(["--quick"])
+    assert plain["responses"] == tree["responses"] == 8  # 2 prompts x (2 chains + 2 forks)
+    assert plain["rollouts_per_s"] > 0 and tree["rollouts_per_s"] > 0
+    # every response is 8 tokens (no EOS): own tokens + shared prefix tokens = all of them
+    assert plain["tokens_generated"] == 64
+    assert tree["tokens_generated"] + tree["prefix_tokens_saved"] == 64
+    assert tree["prefix_tokens_saved"] > 0
