@@ -1,4 +1,4 @@
-"""Stateful objective adapters, plus registrations of the methods whose files are being revised.
+"""Stateful objective adapters (adaptive entropy, SIREN anchor, ARES dynamic KL), and the index.
 
 Every method registers itself where it is defined, under one name unique across the three kinds
 (:mod:`entropylab.losses.registry`); importing this module imports them all:
@@ -16,7 +16,7 @@ policy_loss       ``ppo_clip`` → :func:`ppo_clip_loss`
                   ``steer`` → :func:`steer_loss`                    old_entropy
                   ``aepo_agentic`` → :func:`aepo_agentic_loss`      entropy
                   ``hapo`` → :func:`hapo_loss`                      entropy
-                  ``aepo`` → :func:`aepo_loss` (pooled)             extras.temp_*
+                  ``aepo`` → :func:`aepo_loss` (+ pooled option)    extras.temp_*
 regularizer       ``entropy_bonus`` (entropy.py), ``adaptive_entropy`` (state), ``siren``
                   (anchor in state), ``aepo_reinforce`` (AEPO's α·REINFORCE term, the paper's
                   non-pooled form), ``ares_kl`` (per-bucket dynamic KL, state)
@@ -24,9 +24,8 @@ advantage_shaper  ``hicra``, ``ettrl``, ``hapo_advantages`` (from ``extras.rewar
                   ``entropy_aware_advantages`` (aepo_agentic.py)
 ================  ===============================================  ======================
 
-This module holds the **stateful adapters** (``adaptive_entropy``, ``siren``, ``ares_kl``: their
-``init_state``, per-mini-batch ``stats`` and ``update_from_stats``), and — until their modules
-register themselves — the adapters of HAPO, AEPO, HICRA and ETTRL.
+This module holds only the **stateful adapters** (``adaptive_entropy``, ``siren``, ``ares_kl``:
+their ``init_state``, per-mini-batch ``stats`` and ``update_from_stats``).
 
 ``entropy_source`` (``"current"``/``"old"``) picks ``inputs.entropy`` (current policy) or
 ``inputs.old_entropy`` (rollout) where a method reads entropy only as a selector or weight; the
@@ -49,10 +48,10 @@ from entropylab.losses import aepo_agentic as _aepo_agentic  # noqa: F401  (regi
 from entropylab.losses import ares as _ares
 from entropylab.losses import covariance as _covariance  # noqa: F401  (registers itself)
 from entropylab.losses import entropy as _ent
-from entropylab.losses import ettrl as _ettrl_mod
+from entropylab.losses import ettrl as _ettrl  # noqa: F401  (registers itself)
 from entropylab.losses import forking as _forking  # noqa: F401  (registers itself)
 from entropylab.losses import hapo as _hapo  # noqa: F401  (registers itself)
-from entropylab.losses import hicra as _hicra_mod
+from entropylab.losses import hicra as _hicra  # noqa: F401  (registers itself)
 from entropylab.losses import kl as _kl
 from entropylab.losses import policy as _policy  # noqa: F401  (registers itself)
 from entropylab.losses import siren as _siren_mod
@@ -60,20 +59,13 @@ from entropylab.losses import steer as _steer  # noqa: F401  (registers itself)
 from entropylab.losses.registry import (
     SumCount,
     kwargs_of,
-    register_advantage_shaper,
     register_regularizer,
 )
 from entropylab.ops.masked import AGG_MODES, aggregate, masked_count, masked_mean, masked_sum
 
 _sg = jax.lax.stop_gradient
-_AGG = ("loss_agg_mode", "loss_scale_factor", "axis_name")
 _SOURCES = ("current", "old")
 _FIELD = {"current": "entropy", "old": "old_entropy"}
-
-
-def _source_needs(default, key="entropy_source", extra=()):
-    """``needs(kwargs)`` for a component reading ``inputs.entropy`` or ``inputs.old_entropy``."""
-    return lambda kw: (_FIELD.get(kw.get(key, default), "entropy"), *extra)
 
 
 def _tree_where(cond, new, old):
@@ -97,15 +89,6 @@ def _extra(inputs, name, who, optional=False):
             return None
         raise ValueError(f"{who} needs inputs.extras[{name!r}]")
     return ex[name]
-
-
-def _check_source(default):
-    def validate(kw):
-        if kw.get("entropy_source", default) not in _SOURCES:
-            got = kw["entropy_source"]
-            raise ValueError(f"entropy_source must be one of {_SOURCES}, got {got!r}")
-
-    return validate
 
 
 # ------------------------------------------------------------------------------ regularizers
@@ -376,51 +359,4 @@ register_regularizer(
     stats=_ares_kl_stats,
     zero_stats=lambda kw: {"kl": SumCount.zeros((3,))},
     update_from_stats=_ares_kl_from_stats,
-)
-
-
-# ------------------------------------------------------------------------- advantage shapers
-def _pmean(metrics, axis_name):
-    """Per-device means over equal-size local batches → global means (group-local metrics)."""
-    if axis_name is None:
-        return metrics
-    return {k: jax.lax.pmean(v, axis_name) for k, v in metrics.items()}
-
-
-def _hicra(inputs, ctx, *, entropy_source="old", **kw):
-    """HICRA ``A + α|A|`` on planning tokens: ``extras["planning_mask"]`` if given, else the
-    per-response top-ρ entropy tokens of ``entropy_source`` (default: rollout entropy)."""
-    plan = (inputs.extras or {}).get("planning_mask")
-    h = None if plan is not None else _entropy(inputs, entropy_source, "advantage_shaper 'hicra'")
-    return _hicra_mod.hicra_advantages(
-        inputs.advantages, inputs.mask, planning_mask=plan, entropy=h, axis_name=ctx.axis_name, **kw
-    )
-
-
-register_advantage_shaper(
-    "hicra",
-    _hicra,
-    accepts=kwargs_of(_hicra_mod.hicra_advantages, ("planning_mask", "entropy", "axis_name"))[0]
-    | {"entropy_source"},
-    needs=lambda kw: (
-        f"{_FIELD.get(kw.get('entropy_source', 'old'), 'old_entropy')}|extras.planning_mask",
-    ),
-    validate=_check_source("old"),
-)
-
-
-def _ettrl(inputs, ctx, *, entropy_source="old", **kw):
-    """ETTRL entropy-based advantage reshaping with the responses' (rollout) entropy."""
-    h = _entropy(inputs, entropy_source, "advantage_shaper 'ettrl'")
-    adv, m = _ettrl_mod.ettrl_advantages(inputs.advantages, h, inputs.mask, **kw)
-    return adv, _pmean(m, ctx.axis_name)
-
-
-register_advantage_shaper(
-    "ettrl",
-    _ettrl,
-    accepts=kwargs_of(_ettrl_mod.ettrl_advantages)[0] | {"entropy_source"},
-    required=("group_size",),
-    needs=_source_needs("old"),
-    validate=_check_source("old"),
 )

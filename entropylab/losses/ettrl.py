@@ -26,6 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from entropylab.losses.registry import register_advantage_shaper
+
 __all__ = ["ettrl_advantages", "majority_vote_rewards", "response_entropy"]
 
 _APPLY = ("positive", "all")
@@ -117,3 +119,38 @@ def ettrl_advantages(
         "ettrl/weight_mean": jnp.mean(w),
         "ettrl/response_entropy_mean": jnp.mean(hbar),
     }
+
+
+# ------------------------------------------------------------------ objective registration
+_ETTRL_SOURCES = {"current": "entropy", "old": "old_entropy"}
+
+
+def _ettrl_component(inputs, ctx, *, entropy_source="old", **kw):
+    """ETTRL entropy-based advantage reshaping with the responses' (rollout) entropy."""
+    field = _ETTRL_SOURCES[entropy_source]
+    h = getattr(inputs, field)
+    if h is None:
+        raise ValueError(
+            f"advantage_shaper 'ettrl' with entropy_source={entropy_source!r} needs inputs.{field}"
+        )
+    adv, m = ettrl_advantages(inputs.advantages, h, inputs.mask, **kw)
+    if ctx.axis_name is not None:  # group-local metrics → global means (equal local batches)
+        m = {k: jax.lax.pmean(v, ctx.axis_name) for k, v in m.items()}
+    return adv, m
+
+
+def _validate_ettrl(kw):
+    if kw.get("entropy_source", "old") not in _ETTRL_SOURCES:
+        got = kw["entropy_source"]
+        raise ValueError(f"entropy_source must be one of {tuple(_ETTRL_SOURCES)}, got {got!r}")
+
+
+register_advantage_shaper(
+    "ettrl",
+    _ettrl_component,
+    accepts=frozenset({"group_size", "kappa", "w_min", "w_max", "apply_to", "eps"})
+    | {"entropy_source"},
+    required=("group_size",),
+    needs=lambda kw: (_ETTRL_SOURCES.get(kw.get("entropy_source", "old"), "old_entropy"),),
+    validate=_validate_ettrl,
+)

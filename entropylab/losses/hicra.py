@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from entropylab.losses._select import count_floor
+from entropylab.losses.registry import register_advantage_shaper
 from entropylab.ops.masked import masked_count, masked_mean
 
 __all__ = ["hicra_advantages", "hicra_planning_mask", "semantic_entropy"]
@@ -158,3 +159,18 @@ def semantic_entropy(counts, *, axis_name=None) -> jax.Array:
     p = c / jnp.where(tot > 0, tot, 1.0)
     pos = p > 0
     return -jnp.sum(jnp.where(pos, p * jnp.log(jnp.where(pos, p, 1.0)), 0.0))
+
+
+# ------------------------------------------------------------------ objective registration
+# Bound by name: ``planning_mask`` from ``inputs.extras`` if given (it wins), else the
+# per-response top-ρ tokens of the entropy picked by ``entropy_source`` (default: rollout).
+register_advantage_shaper(
+    "hicra",
+    hicra_advantages,
+    extras=("planning_mask",),
+    entropy_source="old",
+    needs=lambda kw: (
+        ("entropy" if kw.get("entropy_source", "old") == "current" else "old_entropy")
+        + "|extras.planning_mask",
+    ),
+)
