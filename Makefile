@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test test-install lint format bench notebooks clean
+.PHONY: run test test-install test-tunix lint format bench notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,22 @@ test: lint
 # the declared setuptools floor) runs the README losses example (~1-3 min: pip installs jax).
 test-install: $(STAMP_TEST)
 	$(VENV)/bin/pytest -q -n 0 -m install tests/losses/readme_example_test.py
+
+# entropylab.integrations.tunix against tunix itself, in tunix's own venv (it pins its own
+# jax/flax; never in .venv): tests/integrations/tunix_test.py with the source tree on PYTHONPATH.
+# The venv is built once per TUNIX_VENV (CI keeps it under ~/.cache; a cold install is minutes).
+TUNIX_VENV ?= .venv-tunix
+TUNIX_STAMP := $(TUNIX_VENV)/.installed-tunix-0.1.7
+
+$(TUNIX_STAMP):
+	$(PYTHON) -m venv $(TUNIX_VENV)
+	$(TUNIX_VENV)/bin/pip install --quiet google-tunix==0.1.7 pytest
+	touch $@
+
+test-tunix: $(TUNIX_STAMP)
+	ENTROPYLAB_TUNIX_TESTS=1 JAX_PLATFORMS=cpu PYTHONPATH=$(CURDIR) $(TUNIX_VENV)/bin/python -m \
+	  pytest -q -p no:cacheprovider -c tests/integrations/pytest.ini --rootdir tests/integrations \
+	  --confcutdir tests/integrations tests/integrations
 
 bench: $(STAMP_TEST)
 	$(PY) -m bench.entropy_memory

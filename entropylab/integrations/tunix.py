@@ -68,6 +68,8 @@ equivalent (ours divides by B·T: equal only when no row is empty) and raises.
   ``old_entropy``, method extras such as AEPO's ``temp_logp``) are refused at ``register`` time,
   naming the input; set the KL through tunix's ``beta``/``kl_loss_mode`` instead.
 * Clip-Cov's random selection uses its documented data-derived key (tunix passes no RNG).
+* tunix's ``loss_algo="gspo-token"`` switch belongs to its own loss; with a registered
+  entropylab loss it raises (register ``gspo_loss`` instead).
 """
 
 from __future__ import annotations
@@ -246,6 +248,12 @@ def register(
     from tunix.rl import common, function_registry  # lazy: tunix is not a dependency
 
     def policy_loss_fn(model, train_example, algo_config, pad_id, eos_id, **kwargs):
+        loss_algo = getattr(algo_config, "loss_algo", "grpo")
+        if loss_algo != "grpo":  # tunix's GSPO switch lives inside its own grpo loss only
+            raise ValueError(
+                f"tunix policy loss {name!r}: algo_config.loss_algo={loss_algo!r} is not applied "
+                "by entropylab losses; register entropylab's gspo_loss for GSPO instead"
+            )
         cfg = _resolve(base, algo_config, use_tunix_clip, use_tunix_agg)
         objective = _check(cfg, f"tunix policy loss {name!r}")
         graphdef, state = nnx.split(model)

@@ -156,6 +156,10 @@ def test_forking_keeps_its_dual_clip_unless_asked():
     assert float(a_tun["pg_clipfrac_lower"]) == 0.0
     with pytest.raises(ValueError, match="use_tunix_clip"):
         el_tunix.register("x", forking_token_loss, clip_ratio_c=3.0, use_tunix_clip=True)
+    gspo = dataclasses.replace(cfg, loss_algo="gspo-token")
+    gspo.temperature = 1.0
+    with pytest.raises(ValueError, match="loss_algo"):
+        own(model, ex, gspo, PAD, EOS)
 
 
 def test_register_refuses_what_cannot_carry_over():
