@@ -96,8 +96,12 @@ def test_edt_and_dynatemp_formulas():
     # temperature_fn forms used by the plain sampler
     np.testing.assert_allclose(
         np.asarray(D.EDT(t0=0.7, theta=0.5)(jnp.asarray(h))),
-        ref * 0 + 0.7 * 0.8 ** (0.5 / h),
+        0.7 * 0.8 ** (0.5 / h),
         rtol=2e-5,
+    )
+    dyn = D.DynaTemp(temp=0.9, delta=0.4, exponent=1.7, vocab_size=40)
+    np.testing.assert_allclose(
+        np.asarray(dyn(jnp.asarray(h[1:]))), 0.5 + 0.8 * (h[1:] / np.log(40)) ** 1.7, rtol=2e-5
     )
     with pytest.raises(ValueError, match="temp - delta"):
         D.DynaTemp(temp=0.5, delta=0.5)
@@ -166,6 +170,29 @@ class CountingMinP(D.MinP):
         return super().apply(z, temp, state, t)
 
 
+class Counted:
+    """Wraps any rule and counts how often its apply is traced (hashable: static under jit)."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __hash__(self):
+        return hash(("Counted", self.rule))
+
+    def __eq__(self, other):
+        return isinstance(other, Counted) and other.rule == self.rule
+
+    def init(self, batch):
+        return self.rule.init(batch)
+
+    def apply(self, z, temp, state, t):
+        TRACES[type(self.rule).__name__] = TRACES.get(type(self.rule).__name__, 0) + 1
+        return self.rule.apply(z, temp, state, t)
+
+    def observe(self, state, logp):
+        return self.rule.observe(state, logp)
+
+
 @pytest.fixture(scope="module")
 def setup():
     tok = CharTokenizer()
@@ -207,6 +234,33 @@ def test_rules_in_compiled_loop_traced_once_and_logged(setup):
     np.testing.assert_allclose(np.asarray(a.states[2]["mu"]), mu, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(a.codes)[..., 1], 1)
     assert np.all(np.asarray(a.varentropy) > 0)
+
+
+def test_mirostat_v1_edt_entropix_in_compiled_loop(setup):
+    gd, st, pt, pm = setup
+    cfg = S.SamplingConfig(max_new_tokens=6, eos_id=-1)
+    ent = D.Entropix(low_entropy=2.0, low_varentropy=1.0, high_entropy=2.0, high_varentropy=1.0)
+    rules = (Counted(D.Mirostat(version=1, tau=2.5, eta=0.2, m=10)), Counted(D.EDT()), Counted(ent))
+    sampler = D.make_rule_sampler(gd, cfg, rules)
+    for k in ("Mirostat", "EDT", "Entropix"):
+        TRACES[k] = 0
+    a = sampler(st, pt, pm, _keys(3))
+    sampler(st, pt, pm, _keys(3, step=2))
+    assert [TRACES[k] for k in ("Mirostat", "EDT", "Entropix")] == [1, 1, 1]
+    r, codes = a.rollout, np.asarray(a.codes)
+    mu = np.full(3, 5.0)
+    for t in range(6):
+        mu = mu - 0.2 * (-np.asarray(r.logp, np.float64)[:, t] / LN2 - 2.5)
+    np.testing.assert_allclose(np.asarray(a.states[0]["mu"]), mu, rtol=1e-5)
+    assert set(np.unique(codes[..., 2])) <= {0, 1, 2} and (codes[..., 1] == 1).all()
+    # Entropix argmax (code 1) leaves one token: log-prob 0 and entropy 0 are recorded
+    cold = codes[..., 2] == 1
+    assert cold.any() and (codes[..., 0] == 1).any()  # both rules fired somewhere
+    np.testing.assert_array_equal(np.asarray(r.logp)[cold], 0.0)
+    np.testing.assert_array_equal(np.asarray(r.entropy)[cold], 0.0)
+    # EDT's temperature is below T0 = 1 (N = 0.8 < 1) except where Entropix heated it
+    t_log = np.asarray(r.temperature)
+    assert (t_log[codes[..., 2] != 2] < 1.0).all()
 
 
 def test_no_rules_equals_plain_sampler_and_ead_switch(setup):
