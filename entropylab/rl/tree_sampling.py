@@ -27,6 +27,12 @@ entropy over the last ``window`` tokens including ``t`` (``window = 1``: the tok
   arXiv:2507.19849. ARPO scores the first tokens after each *tool result*; with no tools here
   every token is a candidate and ``H_now`` is the window entropy.
 
+``fill_at``: at token ``fill_at`` every slot still free is forked from the live chains of its
+prompt (cycling over them in slot order, several children per chain if needed, ignoring the rule
+and ``min_gap``), so a trainer that needs exactly ``S`` responses per prompt gets them unless
+every chain of a prompt ended before ``fill_at`` (those slots stay empty; ``fill_at = 0`` makes
+the remaining slots plain independent samples). Default ``None``: unused budget stays unused.
+
 Agentic AEPO (arXiv:2510.14545) adds entropy pre-monitoring of the global/branch budget split
 and a consecutive-branch penalty; its exact penalty form was not retrieved (no official code),
 so ``min_gap`` (a hard refractory period) stands in for it. ETTRL's ETMR (arXiv:2508.11356) forks
@@ -68,8 +74,11 @@ class TreeConfig:
     init_tokens: int = 4
     window: int = 1
     min_gap: int = 1
+    fill_at: int | None = None
 
     def __post_init__(self):
+        if self.fill_at is not None and self.fill_at < 0:
+            raise ValueError(f"fill_at must be >= 0 or None, got {self.fill_at}")
         if self.n_init < 1 or self.budget < 0:
             raise ValueError(f"need n_init >= 1 and budget >= 0, got {self.n_init}, {self.budget}")
         if self.mode not in ("delta", "arpo"):
@@ -172,14 +181,19 @@ def generate_tree(
             u = jax.vmap(lambda kk: jax.random.uniform(jax.random.fold_in(kk, 1)))(step_keys)
             fire = jnp.clip(u - tree.entropy_weight * score, 0.0, 1.0) <= tree.p_branch
         elig = live & (t >= k0) & (t - st["last_fork"] >= tree.min_gap) & fire
-        # ---- assign eligible chains (slot order) to free slots (slot order), per prompt
+        force = jnp.bool_(False) if tree.fill_at is None else t == tree.fill_at
+        elig = jnp.where(force, live, elig)
+        # ---- assign eligible chains (slot order) to free slots (slot order), per prompt; at
+        # t = fill_at every free slot is filled, cycling over the live chains
         e2 = elig.reshape(b, s)
         f2 = ~st["alloc"].reshape(b, s)
         rank_e = jnp.cumsum(e2, axis=1) - 1
         rank_f = jnp.cumsum(f2, axis=1) - 1
-        n_new = jnp.minimum(e2.sum(1), f2.sum(1))[:, None]
+        n_e, n_f = e2.sum(1), f2.sum(1)
+        n_new = jnp.where(force, jnp.where(n_e > 0, n_f, 0), jnp.minimum(n_e, n_f))[:, None]
         newly = f2 & (rank_f < n_new)  # [B, S] free slots that receive a child
-        match = e2[:, None, :] & (rank_e[:, None, :] == rank_f[:, :, None])  # [B, f, src]
+        cyc = rank_f % jnp.maximum(n_e, 1)[:, None]
+        match = e2[:, None, :] & (rank_e[:, None, :] == cyc[:, :, None])  # [B, f, src]
         match = match & newly[:, :, None]
         src_local = jnp.argmax(match, axis=-1).astype(jnp.int32)
         is_src = jnp.any(match, axis=1).reshape(r)

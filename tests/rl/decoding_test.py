@@ -268,7 +268,9 @@ def test_no_rules_equals_plain_sampler_and_ead_switch(setup):
     cfg = S.SamplingConfig(max_new_tokens=5, eos_id=-1)
     plain = S.make_sampler(gd, cfg)(st, pt, pm, _keys(3))
     tok = CharTokenizer()
-    large = Transformer(TransformerConfig.tiny(vocab_size=tok.vocab_size), rngs=nnx.Rngs(1))
+    large = Transformer(
+        TransformerConfig.tiny(vocab_size=tok.vocab_size, n_layers=2), rngs=nnx.Rngs(1)
+    )
     gl, sl = nnx.split(large)
     ead = D.EAD(threshold=3.2125, window=2)
     e = D.make_rule_sampler(gd, cfg, (), large_graphdef=gl, ead=ead)(st, pt, pm, _keys(3), sl)

@@ -135,29 +135,40 @@ def test_forks_where_the_rule_says_within_budget(setup):
     assert int(tr.saved_tokens) == saved
 
 
-def test_arpo_rule_replay_and_validation(setup):
+def test_arpo_rule_replay_fill_and_validation(setup):
     gd, st, pt, pm = setup
     cfg = S.SamplingConfig(max_new_tokens=N, eos_id=-1)
+    fill = N - 2
     tc = T.TreeConfig(
-        n_init=1, budget=2, mode="arpo", entropy_weight=0.5, p_branch=0.3, init_tokens=1
+        n_init=1,
+        budget=3,
+        mode="arpo",
+        entropy_weight=0.5,
+        p_branch=0.15,
+        init_tokens=1,
+        fill_at=fill,
     )
     tr = T.make_tree_sampler(gd, cfg, tc, logit_processors=(sharpen,))(
         st, pt, pm, slot_keys(B, tc.slots)
     )
     u, sc = np.asarray(tr.fork_u, np.float64), np.asarray(tr.fork_score, np.float64)
-    fire = np.clip(u - 0.5 * sc, 0, 1) <= 0.3
+    fire = np.clip(u - 0.5 * sc, 0, 1) <= 0.15
     fp, par = np.asarray(tr.fork_pos), np.asarray(tr.parent)
+    assert np.asarray(tr.allocated).all()  # fill_at filled what the rule left free
+    assert ((fp >= 0) & (fp < fill)).any()  # and the rule itself forked somewhere
     for i in range(B):
         for c in range(1, tc.slots):
-            if fp[i, c] >= 0:  # each fork happened at a token where the parent's rule fired
+            assert 0 <= fp[i, c] <= fill and par[i, c] >= 0
+            if fp[i, c] < fill:  # a rule fork happened at a token where the parent's rule fired
                 assert fire[i * tc.slots + par[i, c], fp[i, c]]
-        # the first fork of the root is the first firing token (budget still free then)
-        root_fire = np.nonzero(fire[i * tc.slots, 1:])[0]
-        if root_fire.size:
-            assert fp[i].max() >= 0 and sorted(fp[i][fp[i] >= 0])[0] == root_fire[0] + 1
-    assert ((par >= 0).sum(1) <= 2).all()
+        # the first fork of the root is its first firing token (budget still free then)
+        root_fire = np.nonzero(fire[i * tc.slots, 1:])[0] + 1
+        first = root_fire[0] if root_fire.size and root_fire[0] < fill else fill
+        assert fp[i][fp[i] >= 0].min() == first
     with pytest.raises(ValueError, match="mode"):
         T.TreeConfig(mode="beam")
+    with pytest.raises(ValueError, match="fill_at"):
+        T.TreeConfig(fill_at=-1)
     with pytest.raises(ValueError, match="keys"):
         T.generate_tree(None, pt, pm, slot_keys(B, 2), cfg, tc)
 
