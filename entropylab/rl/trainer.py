@@ -47,6 +47,7 @@ from entropylab.rl import hooks as H
 from entropylab.rl import rng
 from entropylab.rl import sampling as S
 from entropylab.rl import tasks as T
+from entropylab.rl import tree_sampling as TS
 from entropylab.rl.metrics import pass_at_k
 from entropylab.rl.step import (
     ADVANTAGE_ESTIMATORS,
@@ -81,7 +82,10 @@ class RLConfig:
     (``f(logits [B, V], t) -> logits``), both static (hashable) callables; or a named stateful
     ``temperature_hook`` (``"hapo"``, kwargs ``tau``, ``negative_scale``, ``pivot``,
     ``interpolation``). AEPO's temperature samples use ``aepo_temperatures = (T_high, T_low)``
-    switched on ``aepo_target_entropy``. ``fused_logprobs`` streams the vocabulary (no
+    switched on ``aepo_target_entropy``. ``tree_sampler`` (a
+    :class:`~entropylab.rl.tree_sampling.TreeConfig` with ``n_init + budget = group_size`` and
+    ``fill_at`` set) draws each training group as one entropy-branching tree (eval still samples
+    independently). ``fused_logprobs`` streams the vocabulary (no
     ``[B, T, V]`` logits) unless the objective needs logits. ``on_nonfinite``: see the module.
     """
 
@@ -119,6 +123,7 @@ class RLConfig:
     aepo_target_entropy: float = 0.5
     aepo_temperatures: tuple[float, float] = (1.2, 0.8)
     on_nonfinite: str = "stop"
+    tree_sampler: Any = None  # tree_sampling.TreeConfig: training rollouts as entropy trees
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -177,6 +182,24 @@ class RLConfig:
                 f"aepo_temperatures must be (T_high, T_low) > 0, got {self.aepo_temperatures}"
             )
         object.__setattr__(self, "logit_processors", tuple(self.logit_processors))
+        if self.tree_sampler is not None:
+            if not isinstance(self.tree_sampler, TS.TreeConfig):
+                raise TypeError(f"tree_sampler must be a TreeConfig, got {self.tree_sampler!r}")
+            if self.tree_sampler.slots != self.group_size:
+                raise ValueError(
+                    f"tree_sampler slots (n_init + budget = {self.tree_sampler.slots}) must equal "
+                    f"group_size={self.group_size}"
+                )
+            if (
+                self.tree_sampler.fill_at is None
+                or self.tree_sampler.fill_at >= self.max_new_tokens
+            ):
+                raise ValueError(
+                    "tree_sampler.fill_at must be set below max_new_tokens: GRPO groups need "
+                    "group_size responses per prompt (unused slots would be empty responses)"
+                )
+            if self.temperature_hook is not None:
+                raise ValueError("tree_sampler does not take a stateful temperature_hook")
 
     @property
     def estimator(self) -> str:
@@ -332,6 +355,14 @@ class GRPOTrainer:
         self._sampler = S.make_sampler(
             gd_full, cfg.sampling, temperature_fn=t_fn, logit_processors=cfg.logit_processors
         )
+        if cfg.tree_sampler is not None:  # training rollouts only; eval samples independently
+            self._sampler = TS.as_group_sampler(
+                gd_full,
+                cfg.sampling,
+                cfg.tree_sampler,
+                temperature_fn=t_fn,
+                logit_processors=cfg.logit_processors,
+            )
         self._eval_sampler = S.make_sampler(
             gd_full,
             cfg.sampling,
