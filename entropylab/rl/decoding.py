@@ -30,13 +30,17 @@ Rules (formulas as implemented; entropies in nats unless stated):
   k = (ε̂·2^μ / (1 − N^(−ε̂)))^(1/ŝ) (N = vocabulary), keep the top max(⌊k⌋, 1) tokens.
   Both: after drawing x, e = −log₂ π(x) − τ with π the truncated renormalised distribution,
   μ ← μ − η·e. Codes: 1 = at least one token truncated. Non-finite k (ŝ = 1) keeps all tokens.
+  (The current sampler API renormalises before taking the surprise, as here; the older
+  ``llama_sample_token_mirostat`` took the un-renormalised probability after top-k.)
 * :class:`EDT` (Zhang et al., arXiv:2403.14541): T = T₀ · N^(θ/H) with H the entropy of the
   current logits at T = 1 and N < 1 (paper default 0.8), clamped below at ``t_min`` (H → 0 gives
   T → 0). Code 1 always (the temperature is set at every token).
 * :class:`DynaTemp` (llama.cpp ``llama_sampler_temp_ext_apply``, the "dynatemp" sampler):
   T = T_min + (T_max − T_min)·(H / ln n)^κ with T_min = T₀ − δ (must be > 0 here; llama.cpp
   clamps it at 0), T_max = T₀ + δ, H the entropy of softmax(z) at T = 1 over the n candidate
-  (finite) logits, κ the exponent. Code 1 always.
+  (finite) logits, κ the exponent. Code 1 always. (llama.cpp counts every candidate left by the
+  samplers before it — the finite logits here — and leaves a single candidate untouched, where
+  this gives T_min.)
 * :class:`MinP` (Nguyen et al., arXiv:2407.01082): drop tokens with p < p_base · p_max, p =
   softmax(z / temp) (i.e. after the temperature so far; as a plain processor, at T = 1). Code 1 =
   at least one token dropped.
