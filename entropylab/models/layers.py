@@ -212,4 +212,8 @@ class Embed(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, tokens):
-        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        # An id outside [0, V) gives a NaN row (jnp.take's "fill" mode), never a silent wrap:
+        # negative ids are mapped past the end first, as they would otherwise index from the back.
+        table = self.embedding[...]
+        tokens = jnp.where(tokens < 0, table.shape[0], tokens)
+        return jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
