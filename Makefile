@@ -42,7 +42,8 @@ test-install: $(STAMP_TEST)
 
 # entropylab.integrations.tunix against tunix itself, in tunix's own venv (it pins its own
 # jax/flax; never in .venv): tests/integrations/tunix_test.py with the source tree on PYTHONPATH.
-# The venv is built once per TUNIX_VENV (CI keeps it under ~/.cache; a cold install is minutes).
+# The venv is built once per TUNIX_VENV (CI keeps it under ~/.cache; a cold install is minutes),
+# and JAX's compilation cache lives in it (a warm run skips the XLA compiles).
 TUNIX_VENV ?= .venv-tunix
 TUNIX_STAMP := $(TUNIX_VENV)/.installed-tunix-0.1.7
 
@@ -52,7 +53,9 @@ $(TUNIX_STAMP):
 	touch $@
 
 test-tunix: $(TUNIX_STAMP)
-	ENTROPYLAB_TUNIX_TESTS=1 JAX_PLATFORMS=cpu PYTHONPATH=$(CURDIR) $(TUNIX_VENV)/bin/python -m \
+	ENTROPYLAB_TUNIX_TESTS=1 JAX_PLATFORMS=cpu PYTHONPATH=$(CURDIR) \
+	  JAX_COMPILATION_CACHE_DIR=$(TUNIX_VENV)/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	  $(TUNIX_VENV)/bin/python -m \
 	  pytest -q -p no:cacheprovider -c tests/integrations/pytest.ini --rootdir tests/integrations \
 	  --confcutdir tests/integrations tests/integrations
 
