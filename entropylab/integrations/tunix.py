@@ -62,8 +62,10 @@ equivalent (ours divides by B·T: equal only when no row is empty) and raises.
 * Statistics are per call: tunix calls the loss once per micro-batch under gradient
   accumulation, so batch statistics inside a loss (Clip-Cov/KL-Cov covariance ranking and
   quantiles, forking's entropy quantile, the ``token-mean`` denominator) are taken over each
-  micro-batch, not over the whole batch, and the micro-batch losses are averaged by tunix.
-  Under data parallelism tunix's sharded ``jit`` computes them over the global micro-batch.
+  micro-batch, not over the whole batch, and tunix averages the micro-batch gradients
+  (``optax.MultiSteps``).
+  (tunix jits the loss on globally sharded arrays, so under data parallelism they are taken
+  over the micro-batch of all devices; only a 1×1 mesh was tested.)
 * Inputs tunix does not provide (``ref_logp`` for our own KL term, ``group_ids``, ``step``,
   ``old_entropy``, method extras such as AEPO's ``temp_logp``) are refused at ``register`` time,
   naming the input; set the KL through tunix's ``beta``/``kl_loss_mode`` instead.
