@@ -133,33 +133,39 @@ def test_eval_probe_and_train_splits_are_disjoint():
 # -- planted-effect fixtures through the study's own claims ---------------------------------------
 
 
-def _jobs(world: str, n: int = 8) -> list[JobData]:
-    """Records in the job's format for arms none/kl_cov/lr0; ``world``: effect | null | nomanip
-    | badlemma."""
+METHODS = ("kl_cov", "clip_cov", "entropy_bonus")
+
+
+def _jobs(world: str, n: int = 8, arms=("none", "kl_cov", "lr0"), n_eval=4) -> list[JobData]:
+    """Records in the job's format; ``world``: effect | null | nomanip | badlemma. Methods
+    (KL-Cov, Clip-Cov, bonus) hold 3× entropy and gain 0.2 pass@1 in ``effect``; ``noclip``
+    is like ``none``; ``random_reward`` ends 0.2 below ``none``."""
     out = []
     steps = np.arange(0, 41)
     for i in range(n):
         rng = np.random.default_rng(i)
         noise = lambda s=1e-3, g=rng: float(g.normal(0, s))  # noqa: E731
-        for arm in ("none", "kl_cov", "lr0"):
+        for arm in arms:
             recs = []
             for t in steps:
                 h_none = 0.2 + 0.6 * math.exp(-t / 10) + noise(1e-3)
                 if arm == "lr0":
                     h = 0.8 + noise(1e-3)
-                elif arm == "kl_cov" and world != "nomanip":
+                elif arm in METHODS and world != "nomanip":
                     h = 3 * h_none
                 else:
                     h = h_none
                 r = {"step": int(t), "rollout/entropy": h}
                 if t % 4 == 0:
                     p1 = 1.2 - 0.5 * math.exp(min(h, 0.8)) + noise(2e-3)
-                    if arm == "kl_cov":
+                    if arm in METHODS:
                         p1 = 1.2 - 0.5 * math.exp(h_none) + noise(2e-3)
                         p1 += 0.2 if world == "effect" and t == 40 else 0.0
+                    if arm == "random_reward":
+                        p1 -= 0.2 if t == 40 else 0.0
                     r |= {"eval/pass@1": p1, "eval/greedy_acc": p1 + 0.1, "eval/entropy": h,
                           "probe/entropy": h}  # fmt: skip
-                if arm == "kl_cov" and t > 0:
+                if arm in METHODS and t > 0:
                     r["activity/selected_tokens"] = 10.0 + noise(0.5)
                 if arm == "none" and t in (0, 40):
                     good = world != "badlemma"
@@ -175,9 +181,11 @@ def _jobs(world: str, n: int = 8) -> list[JobData]:
                     r |= {"frontier/entropy": [0.8, 0.5, 0.3], "frontier/pass1": [0.2, 0.3, 0.35]}
                 recs.append(r)
             last = recs[-1]["eval/pass@1"]
-            evals = [{"step": 40, "split": "eval", "problem": f"p{k}", "n": 4,
-                      "correct": 4 if k < math.ceil(32 * last) else 0}
-                     for k in range(32)]  # fmt: skip
+            evals = [
+                {"step": 40, "split": "eval", "problem": f"p{k}", "n": n_eval,
+                 "correct": n_eval if k < math.ceil(32 * last) else 0}
+                for k in range(32)
+            ]  # fmt: skip
             out.append(JobData(arm=arm, init=i, seed=0, records=recs, evals=evals))
     return out
 
@@ -214,3 +222,14 @@ def test_full_spec_needs_the_pilot_and_pilot_never_evaluates_on_eval(tmp_path, m
     kl = chosen.arm("kl_cov").objective
     assert dict(kl.policy_kwargs)["kl_cov_ratio"] == 0.1
     assert dataclasses.replace(ST.PRESETS["pilot"]).inits == (100, 101, 102)
+
+
+def test_planted_effects_full_claim_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(ST, "HERE", tmp_path)  # no pilot.json: the grid's defaults
+    spec = ST.build_spec("full")
+    arms = tuple(a.name for a in spec.arms)
+    res = evaluate_claims(spec.claims, _jobs("effect", arms=arms, n_eval=8))
+    assert {k: r.verdict for k, r in res.items() if r.verdict != "reproduced"} == {}
+    assert {"c0_rl_beats_random_reward", "c4c_kl_cov_vs_noclip", "c4b_clip_cov_greedy"} <= set(res)
+    null = evaluate_claims(spec.claims, _jobs("null", arms=arms, n_eval=8))
+    assert {null[f"c4b_{m}_pass1"].verdict for m in METHODS} == {"not reproduced"}
