@@ -290,12 +290,24 @@ def masked_pearson(x, y, mask) -> float:
 
 
 def claim3_probes(
-    graphdef, rest, params, batch, *, prompt_width: int, lr: float, probe=None, frac=0.2, seed=0
+    graphdef,
+    rest,
+    params,
+    batch,
+    *,
+    prompt_width: int,
+    lr: float,
+    adam_lr: float | None = None,
+    probe=None,
+    frac=0.2,
+    seed=0,
 ) -> dict:
     """All claim-3 counterfactual measurements at one saved state, as ``probe3/*`` metrics.
 
     * ``probe3/r_sgd``, ``probe3/r_adam``: Pearson r over response tokens of the per-token
-      estimator −lr·c_t vs the observed per-state ΔH_t (SGD step; Adam first step);
+      estimator −lr·c_t vs the observed per-state ΔH_t (SGD step of ``lr``; Adam's first step
+      of ``adam_lr``, default ``lr`` — Adam moves every parameter by ≈ adam_lr, so it needs a
+      far smaller step than SGD);
     * ``probe3/flip_sgd``: sign(Σ pred)·(ΔH(A) − ΔH(−A))/2, in-sample, SGD (> 0: the A-driven
       part of the change goes the predicted way);
     * ``probe3/dH_top``, ``dH_random``, ``dH_bottom``: in-sample ΔH (SGD) with the top / a
@@ -306,7 +318,9 @@ def claim3_probes(
     """
     kw = dict(prompt_width=prompt_width, lr=lr, probe=probe)
     base = counterfactual_step(graphdef, rest, params, batch, optimizer="sgd", **kw)
-    adam = counterfactual_step(graphdef, rest, params, batch, optimizer="adam", **kw)
+    adam = counterfactual_step(
+        graphdef, rest, params, batch, optimizer="adam", **{**kw, "lr": adam_lr or lr}
+    )
     neg = counterfactual_step(
         graphdef, rest, params, batch, optimizer="sgd",
         advantages=-np.asarray(batch["advantages"]), **kw,

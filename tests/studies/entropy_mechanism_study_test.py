@@ -170,7 +170,7 @@ def _jobs(world: str, n: int = 8, arms=("none", "kl_cov", "lr0"), n_eval=4) -> l
                 if arm == "none" and t in (0, 40):
                     good = world != "badlemma"
                     r |= {
-                        "lemma/order": (2.0 if good else 1.0) + noise(0.01),
+                        "lemma/pass_frac": 1.0 if good else 5 / 6,
                         "probe3/r_sgd": 0.7 + noise(0.01),
                         "probe3/r_adam": 0.5 + noise(0.01),
                         "probe3/flip_sgd": 0.01 + noise(1e-3),
