@@ -184,7 +184,7 @@ PRESETS = {
 }
 PRESETS["pilot"] = dataclasses.replace(
     PRESETS["full"], inits=(100, 101, 102), eval_problems=64, eval_n=2, eval_every=100,
-    arms=("none",) + tuple(f"{m}@{i}" for m in PILOT_GRID for i in range(len(PILOT_GRID[m]))),
+    arms=("none",) + tuple(f"{m}-{i}" for m in PILOT_GRID for i in range(len(PILOT_GRID[m]))),
 )  # fmt: skip
 
 
@@ -213,8 +213,8 @@ def make_arm(name: str, settings: dict) -> Arm:
                    "control")  # fmt: skip
     if name == "noclip":  # KL-Cov with no token selected = its unclipped surrogate, no penalty
         return Arm(name=name, objective=objective_for("kl_cov", 0.0), role="control")
-    if "@" in name:  # pilot arms: method@index into PILOT_GRID
-        m, i = name.split("@")
+    if "-" in name:  # pilot arms: method-index into PILOT_GRID
+        m, i = name.split("-")
         return Arm(name=name, objective=objective_for(m, PILOT_GRID[m][int(i)]))
     return Arm(name=name, objective=objective_for(name, settings[name]))
 
@@ -629,7 +629,7 @@ def pilot_select(out: Path, dest: Path = HERE / "pilot.json") -> dict:
     base = h("none")
     settings, detail = {}, {}
     for m, grid in PILOT_GRID.items():
-        ratios = [h(f"{m}@{i}") / base for i in range(len(grid))]
+        ratios = [h(f"{m}-{i}") / base for i in range(len(grid))]
         ok = [i for i, r in enumerate(ratios) if r >= 1.5]
         pick = ok[0] if ok else len(grid) - 1
         settings[m] = grid[pick]

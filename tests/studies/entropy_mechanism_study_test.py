@@ -233,3 +233,25 @@ def test_planted_effects_full_claim_set(tmp_path, monkeypatch):
     assert {"c0_rl_beats_random_reward", "c4c_kl_cov_vs_noclip", "c4b_clip_cov_greedy"} <= set(res)
     null = evaluate_claims(spec.claims, _jobs("null", arms=arms, n_eval=8))
     assert {null[f"c4b_{m}_pass1"].verdict for m in METHODS} == {"not reproduced"}
+
+
+def test_pilot_select_picks_the_smallest_setting_that_holds_entropy(tmp_path):
+    from entropylab.study import Runner
+
+    level = {"none": 0.2, "kl_cov-0": 0.25, "kl_cov-1": 0.35, "kl_cov-2": 0.5, "kl_cov-3": 0.6}
+    level |= {f"entropy_bonus-{i}": 0.5 for i in range(4)}  # every setting holds: the smallest
+    level |= {f"clip_cov-{i}": 0.21 + 0.01 * i for i in range(4)}  # none holds: the largest
+
+    def fake_job(ctx):
+        with ctx.step_logger(ctx.seeds[0]) as log:
+            for s in range(1, 13):
+                h = level[ctx.arm.name] + 0.001 * (ctx.init - 100)  # pilot inits 100-102
+                log.log(s, {"rollout/entropy": h, "time/step_s": 0.01})
+        return {}
+
+    spec = dataclasses.replace(ST.build_spec("pilot"), steps=12)
+    Runner(spec, fake_job, tmp_path / "pilot").run(progress=False)
+    res = ST.pilot_select(tmp_path / "pilot", dest=tmp_path / "pilot.json")
+    assert res["settings"] == {"entropy_bonus": 0.005, "clip_cov": 0.1, "kl_cov": 2e-2}
+    assert res["detail"]["clip_cov"]["holds"] is False and res["detail"]["kl_cov"]["holds"]
+    assert json.loads((tmp_path / "pilot.json").read_text())["settings"] == res["settings"]
