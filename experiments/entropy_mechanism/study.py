@@ -297,6 +297,10 @@ def claims_for(arms: tuple[str, ...], eval_n: int) -> tuple[Claim, ...]:
             Claim(name="c2_law_vs_time", statement="… better than a time-only model",
                   metric=law_advantage("time"), test="superiority", arm="none",
                   effect_of_interest=0.01),
+            Claim(name="c2_law_vs_linear_greedy", statement="… also for greedy accuracy (not "
+                  "mechanically tied to the T = 1 entropy)",
+                  metric=law_advantage("linear_h", perf_key="eval/greedy_acc"),
+                  test="superiority", arm="none", effect_of_interest=0.01),
             Claim(name="c2_prefix_fit", statement="the law fitted on the first half of the eval "
                   "points predicts the final pass@1 within 0.05", metric=prefix_fit_error,
                   test="superiority", arm="none", null_value=-0.05, effect_of_interest=0.02),
