@@ -50,6 +50,13 @@ from entropylab.losses.covariance import (
     predicted_entropy_change,
     token_covariance,
 )
+from entropylab.losses.entropic import (
+    EntroPICConfig,
+    EntroPICState,
+    entropic_adjustment_loss,
+    entropic_init,
+    entropic_update,
+)
 from entropylab.losses.entropy import (
     AdaptiveEntropyConfig,
     AdaptiveEntropyState,
@@ -59,6 +66,8 @@ from entropylab.losses.entropy import (
     entropy_coef_at,
     entropy_coef_schedule,
 )
+from entropylab.losses.entropy_advantage import entropy_advantage
+from entropylab.losses.entropy_ratio_clip import entropy_ratio_keep_mask, erc_loss
 from entropylab.losses.ettrl import ettrl_advantages, majority_vote_rewards, response_entropy
 from entropylab.losses.forking import forking_token_loss, forking_token_mask
 from entropylab.losses.hapo import (
@@ -83,6 +92,12 @@ from entropylab.losses.kl import (
     kl_controller_update,
     kl_loss,
     kl_penalty,
+)
+from entropylab.losses.light_if import (
+    entropy_sft_loss,
+    entropy_sft_mask,
+    tea_rl_entropy_loss,
+    tea_rl_weights,
 )
 from entropylab.losses.objective import (
     Objective,
@@ -171,6 +186,20 @@ __all__ = [
     "steer_loss",
     "steer_omega",
     "steer_weights",
+    # entropy-based advantage shaping (arXiv:2506.14758), entropy ratio clipping
+    # (arXiv:2512.05591), Light-IF (arXiv:2508.03178), EntroPIC (arXiv:2511.15248)
+    "entropy_advantage",
+    "entropy_ratio_keep_mask",
+    "erc_loss",
+    "entropy_sft_loss",
+    "entropy_sft_mask",
+    "tea_rl_entropy_loss",
+    "tea_rl_weights",
+    "EntroPICConfig",
+    "EntroPICState",
+    "entropic_adjustment_loss",
+    "entropic_init",
+    "entropic_update",
     "KL_KINDS",
     "AdaptiveKLController",
     "FixedKLController",

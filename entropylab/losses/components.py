@@ -17,11 +17,15 @@ policy_loss       ``ppo_clip`` → :func:`ppo_clip_loss`
                   ``aepo_agentic`` → :func:`aepo_agentic_loss`      entropy
                   ``hapo`` → :func:`hapo_loss`                      entropy
                   ``aepo`` → :func:`aepo_loss` (+ pooled option)    extras.temp_*
+                  ``erc`` → :func:`erc_loss`                        entropy, old_entropy
 regularizer       ``entropy_bonus`` (entropy.py), ``adaptive_entropy`` (state), ``siren``
                   (anchor in state), ``aepo_reinforce`` (AEPO's α·REINFORCE term, the paper's
-                  non-pooled form), ``ares_kl`` (per-bucket dynamic KL, state)
+                  non-pooled form), ``ares_kl`` (per-bucket dynamic KL, state),
+                  ``entropic`` (EntroPIC's PI-controlled term, state; entropic.py),
+                  ``tea_rl`` (Light-IF's TEA-RL entropy weights; light_if.py)
 advantage_shaper  ``hicra``, ``ettrl``, ``hapo_advantages`` (from ``extras.rewards``),
-                  ``entropy_aware_advantages`` (aepo_agentic.py)
+                  ``entropy_aware_advantages`` (aepo_agentic.py), ``entropy_advantage``
+                  (entropy_advantage.py)
 ================  ===============================================  ======================
 
 This module holds only the **stateful adapters** (``adaptive_entropy``, ``siren``, ``ares_kl``:

@@ -668,6 +668,7 @@ def test_registered_names_are_unique_and_documented():
             "aepo_agentic",
             "cispo",
             "clip_cov",
+            "erc",
             "forking",
             "gspo",
             "hapo",
@@ -676,8 +677,22 @@ def test_registered_names_are_unique_and_documented():
             "reinforce",
             "steer",
         ),
-        "regularizer": ("adaptive_entropy", "aepo_reinforce", "ares_kl", "entropy_bonus", "siren"),
-        "advantage_shaper": ("entropy_aware_advantages", "ettrl", "hapo_advantages", "hicra"),
+        "regularizer": (
+            "adaptive_entropy",
+            "aepo_reinforce",
+            "ares_kl",
+            "entropic",
+            "entropy_bonus",
+            "siren",
+            "tea_rl",
+        ),
+        "advantage_shaper": (
+            "entropy_advantage",
+            "entropy_aware_advantages",
+            "ettrl",
+            "hapo_advantages",
+            "hicra",
+        ),
     }
     with pytest.raises(ValueError, match="already registered.*unique across kinds"):
         register_regularizer("ppo_clip", lambda inputs, ctx: (0.0, {}))

@@ -456,6 +456,7 @@ from entropylab.losses import (  # noqa: E402
     aepo_agentic_loss,
     aepo_loss,
     clip_cov_loss,
+    erc_loss,
     forking_token_loss,
     hapo_loss,
     kl_cov_loss,
@@ -476,6 +477,7 @@ ALL_LOSSES = {
     "steer": (steer_loss, {"entropy": _ENT}),
     "aepo_agentic": (aepo_agentic_loss, {"entropy": _ENT}),
     "hapo": (hapo_loss, {"entropy": _ENT}),
+    "erc": (erc_loss, {"entropy": _ENT, "old_entropy": _ENT * np.linspace(0.9, 1.1, _T)}),
     "aepo": (
         aepo_loss,
         {
