@@ -12,6 +12,7 @@ so evaluate often.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import jax
@@ -65,6 +66,14 @@ class SFTConfig:
         for name in ("batch_size", "seq_len", "max_steps", "eval_every", "eval_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a Python number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def greedy_accuracy(sampler, params, task, tokenizer, problems, prompt_width) -> dict:
