@@ -40,16 +40,23 @@ test: lint
 test-install: $(STAMP_TEST)
 	$(VENV)/bin/pytest -q -n 0 -m install tests/losses/readme_example_test.py
 
-# entropylab.integrations.tunix against tunix itself, in tunix's own venv (it pins its own
-# jax/flax; never in .venv): tests/integrations/tunix_test.py with the source tree on PYTHONPATH.
-# The venv is built once per TUNIX_VENV (CI keeps it under ~/.cache; a cold install is minutes),
-# and JAX's compilation cache lives in it (a warm run skips the XLA compiles).
+# entropylab.integrations.tunix against tunix itself (tests/integrations/tunix_test.py, with the
+# source tree on PYTHONPATH), never inside .venv. tunix 0.1.7 asks only flax>=0.11.1 and
+# orbax-checkpoint>=0.12 of the JAX stack, so its venv sees .venv's jax/flax/optax/orbax through a
+# .pth file and adds tunix plus the modules its GRPO learner imports (--no-deps: its data and
+# model-hub dependencies, datasets/tensorflow_datasets/kagglehub/... ~1.6 GB, are never imported
+# here; installing them took 7-8 min, this takes seconds). JAX's compilation cache lives in it.
 TUNIX_VENV ?= .venv-tunix
 TUNIX_STAMP := $(TUNIX_VENV)/.installed-tunix-0.1.7
+TUNIX_PKGS := google-tunix==0.1.7 google-metrax==0.2.4 clu==0.0.12 wrapt==2.5.2 \
+  tensorboardX==2.6.5 jaxtyping==0.3.11 wadler_lindig==0.1.8 sentencepiece==0.2.3 \
+  perfetto==0.59.1 pandas==3.1.1
 
-$(TUNIX_STAMP):
+$(TUNIX_STAMP): $(STAMP_TEST)
 	$(PYTHON) -m venv $(TUNIX_VENV)
-	$(TUNIX_VENV)/bin/pip install --quiet google-tunix==0.1.7 pytest
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(TUNIX_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_entropylab_venv.pth"
+	$(TUNIX_VENV)/bin/pip install --quiet --no-deps $(TUNIX_PKGS)
 	touch $@
 
 test-tunix: $(TUNIX_STAMP)
