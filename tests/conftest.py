@@ -1,7 +1,7 @@
 """Test configuration, applied before JAX initialises.
 
-* 8 simulated CPU devices for sharding/equivalence tests (set once here, see
-  ../shared/reference/jax_anchors.md §3.2).
+* 8 simulated CPU devices for sharding/equivalence tests (``--xla_force_host_platform_device_count``
+  must be set before JAX initialises its backends, so it is set once here).
 * float32 stays the default; tests that compare against float64 NumPy references use the
   ``x64`` fixture (``jax.enable_x64(True)`` as a context) so library code is exercised in the
   dtype it runs in.

@@ -2,8 +2,8 @@
 
 ``tests/models/kv_cache_test.py`` checks one jitted ``decode`` step; this checks the whole
 compiled ``make_sampler`` program (prefill + ``while_loop``), where XLA could still insert a
-copy or transpose of the loop-carried cache (a [B, T, H, d] layout did exactly that in a probe,
-../shared/reference/tiny_scale_notes.md). Every instruction of the decode loop's body that
+copy or transpose of the loop-carried cache (a [B, T, H, d] layout did exactly that in an early
+probe of this sampler). Every instruction of the decode loop's body that
 produces a cache-sized tensor (any axis order) must be a parameter / tuple plumbing / bitcast or
 an in-place scatter / dynamic-update-slice (fusion).
 """
