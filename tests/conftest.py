@@ -29,3 +29,30 @@ def x64():
     """Run the test body with 64-bit JAX types enabled."""
     with jax.enable_x64(True):
         yield
+
+
+# The longest files (end-to-end smoke runs, every-objective trainer steps, multi-process tests)
+# go first, so that under `pytest -n 2 --dist loadfile` the two workers finish together instead of
+# one of them starting a 2-minute file at the end. Order within a file is unchanged.
+_HEAVY_FIRST = (
+    "tests/studies/",
+    "tests/rl/objectives_test.py",
+    "tests/rl/trainer_test.py",
+    "tests/rl/step_test.py",
+    "tests/distributed_test.py",
+    "tests/train/lm_pretrain_test.py",
+    "tests/rl/decoding_test.py",
+    "tests/rl/tree_sampling_test.py",
+    "tests/bench/",
+    "tests/notebooks/",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        for i, prefix in enumerate(_HEAVY_FIRST):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(_HEAVY_FIRST)
+
+    items.sort(key=rank)
