@@ -408,11 +408,7 @@ def generate_with_rules(
         tok = jnp.where(valid, tok, cfg.pad_id)
         code_arr = jnp.stack(codes, axis=-1) if codes else jnp.zeros((b, 0), jnp.int32)
         out = {
-            "tok": out["tok"].at[:, t].set(tok),
-            "valid": out["valid"].at[:, t].set(valid),
-            "logp": out["logp"].at[:, t].set(jnp.where(valid, lp, 0.0)),
-            "ent": out["ent"].at[:, t].set(jnp.where(valid, ent, 0.0)),
-            "temp": out["temp"].at[:, t].set(temp),
+            **S.record_token(out, t, tok, valid, lp, ent, temp),
             "codes": out["codes"].at[:, t].set(jnp.where(valid[:, None], code_arr, 0)),
             "h": out["h"].at[:, t].set(jnp.where(valid, h_model, 0.0)),
             "v": out["v"].at[:, t].set(jnp.where(valid, v_model, 0.0)),
@@ -433,11 +429,7 @@ def generate_with_rules(
         return (carry[0] < n) & ~jnp.all(carry[3])
 
     out0 = {
-        "tok": jnp.full((b, n), cfg.pad_id, jnp.int32),
-        "valid": jnp.zeros((b, n), bool),
-        "logp": jnp.zeros((b, n), jnp.float32),
-        "ent": jnp.zeros((b, n), jnp.float32),
-        "temp": jnp.full((b, n), cfg.temperature, jnp.float32),
+        **S.empty_outputs(b, n, cfg),
         "codes": jnp.zeros((b, n, len(rules)), jnp.int32),
         "h": jnp.zeros((b, n), jnp.float32),
         "v": jnp.zeros((b, n), jnp.float32),
@@ -455,16 +447,7 @@ def generate_with_rules(
         out0,
     )
     _, _, _, done, states, _, out = jax.lax.while_loop(cond, body, carry)
-    rollout = S.Rollout(
-        tokens=jnp.concatenate([prompt_tokens, out["tok"]], axis=1),
-        mask=jnp.concatenate([prompt_mask, out["valid"]], axis=1),
-        response=out["tok"],
-        response_mask=out["valid"],
-        logp=out["logp"],
-        entropy=out["ent"],
-        finished=done,
-        temperature=out["temp"],
-    )
+    rollout = S.rollout_from_outputs(prompt_tokens, prompt_mask, out, done)
     return RuleRollout(
         rollout=rollout,
         codes=out["codes"],

@@ -107,6 +107,45 @@ def _positions(mask):
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def empty_outputs(b: int, n: int, cfg: SamplingConfig) -> dict:
+    """The decode loop's per-token output buffers ``[b, n]``: padding tokens, nothing valid,
+    log-prob and entropy 0, the configured temperature."""
+    return {
+        "tok": jnp.full((b, n), cfg.pad_id, jnp.int32),
+        "valid": jnp.zeros((b, n), bool),
+        "logp": jnp.zeros((b, n), jnp.float32),
+        "ent": jnp.zeros((b, n), jnp.float32),
+        "temp": jnp.full((b, n), cfg.temperature, jnp.float32),
+    }
+
+
+def record_token(out: dict, t, tok, valid, lp, ent, temp) -> dict:
+    """``out`` (see :func:`empty_outputs`, extra keys kept) with decode step ``t`` written;
+    log-prob and entropy are 0 at rows that are no longer ``valid``."""
+    return {
+        **out,
+        "tok": out["tok"].at[:, t].set(tok),
+        "valid": out["valid"].at[:, t].set(valid),
+        "logp": out["logp"].at[:, t].set(jnp.where(valid, lp, 0.0)),
+        "ent": out["ent"].at[:, t].set(jnp.where(valid, ent, 0.0)),
+        "temp": out["temp"].at[:, t].set(temp),
+    }
+
+
+def rollout_from_outputs(prompt_tokens, prompt_mask, out: dict, finished) -> Rollout:
+    """The :class:`Rollout` of a finished decode loop's output buffers."""
+    return Rollout(
+        tokens=jnp.concatenate([prompt_tokens, out["tok"]], axis=1),
+        mask=jnp.concatenate([prompt_mask, out["valid"]], axis=1),
+        response=out["tok"],
+        response_mask=out["valid"],
+        logp=out["logp"],
+        entropy=out["ent"],
+        finished=finished,
+        temperature=out["temp"],
+    )
+
+
 def generate(
     model,
     prompt_tokens,
@@ -168,38 +207,16 @@ def generate(
         tok, lp, ent, temp = pick(last, t)
         valid = ~done
         tok = jnp.where(valid, tok, cfg.pad_id)
-        out = {
-            "tok": out["tok"].at[:, t].set(tok),
-            "valid": out["valid"].at[:, t].set(valid),
-            "logp": out["logp"].at[:, t].set(jnp.where(valid, lp, 0.0)),
-            "ent": out["ent"].at[:, t].set(jnp.where(valid, ent, 0.0)),
-            "temp": out["temp"].at[:, t].set(temp),
-        }
+        out = record_token(out, t, tok, valid, lp, ent, temp)
         done = done | (tok == cfg.eos_id)
         logits, cache = model.decode(
             tok[:, None], cache, positions=(next_pos + t)[:, None], attention_mask=valid[:, None]
         )
         return t + 1, logits[:, -1], cache, done, out
 
-    out0 = {
-        "tok": jnp.full((b, n), cfg.pad_id, jnp.int32),
-        "valid": jnp.zeros((b, n), bool),
-        "logp": jnp.zeros((b, n), jnp.float32),
-        "ent": jnp.zeros((b, n), jnp.float32),
-        "temp": jnp.full((b, n), cfg.temperature, jnp.float32),
-    }
-    carry = (jnp.int32(0), logits[:, -1], cache, jnp.zeros((b,), bool), out0)
+    carry = (jnp.int32(0), logits[:, -1], cache, jnp.zeros((b,), bool), empty_outputs(b, n, cfg))
     t, _, _, done, out = jax.lax.while_loop(cond, body, carry)
-    return Rollout(
-        tokens=jnp.concatenate([prompt_tokens, out["tok"]], axis=1),
-        mask=jnp.concatenate([prompt_mask, out["valid"]], axis=1),
-        response=out["tok"],
-        response_mask=out["valid"],
-        logp=out["logp"],
-        entropy=out["ent"],
-        finished=done,
-        temperature=out["temp"],
-    )
+    return rollout_from_outputs(prompt_tokens, prompt_mask, out, done)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

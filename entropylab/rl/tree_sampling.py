@@ -223,11 +223,7 @@ def generate_tree(
         lp, ent = logprobs_and_entropy(zt, tok)
         tok = jnp.where(valid, tok, cfg.pad_id)
         out = {
-            "tok": out["tok"].at[:, t].set(tok),
-            "valid": out["valid"].at[:, t].set(valid),
-            "logp": out["logp"].at[:, t].set(jnp.where(valid, lp, 0.0)),
-            "ent": out["ent"].at[:, t].set(jnp.where(valid, ent, 0.0)),
-            "temp": out["temp"].at[:, t].set(temp),
+            **S.record_token(out, t, tok, valid, lp, ent, temp),
             "score": out["score"].at[:, t].set(jnp.where(newly_r, score[src], score)),
             "u": out["u"].at[:, t].set(jnp.where(newly_r, u[src], u)),
         }
@@ -251,11 +247,7 @@ def generate_tree(
         "hsum": jnp.zeros((r,), jnp.float32),
     }
     out0 = {
-        "tok": jnp.full((r, n), cfg.pad_id, jnp.int32),
-        "valid": jnp.zeros((r, n), bool),
-        "logp": jnp.zeros((r, n), jnp.float32),
-        "ent": jnp.zeros((r, n), jnp.float32),
-        "temp": jnp.full((r, n), cfg.temperature, jnp.float32),
+        **S.empty_outputs(r, n, cfg),
         "score": jnp.full((r, n), -jnp.inf, jnp.float32),
         "u": jnp.zeros((r, n), jnp.float32),
     }
@@ -263,16 +255,7 @@ def generate_tree(
     _, _, _, _, st, out = jax.lax.while_loop(cond, body, carry)
     alloc = st["alloc"]
     finished = jnp.any(out["valid"] & (out["tok"] == cfg.eos_id), axis=1)
-    rollout = S.Rollout(
-        tokens=jnp.concatenate([pt, out["tok"]], axis=1),
-        mask=jnp.concatenate([pm & alloc[:, None], out["valid"]], axis=1),
-        response=out["tok"],
-        response_mask=out["valid"],
-        logp=out["logp"],
-        entropy=out["ent"],
-        finished=finished,
-        temperature=out["temp"],
-    )
+    rollout = S.rollout_from_outputs(pt, pm & alloc[:, None], out, finished)
     own = out["valid"] & (jnp.arange(n)[None, :] >= jnp.maximum(st["fork_pos"], 0)[:, None])
     return TreeRollout(
         rollout=rollout,
