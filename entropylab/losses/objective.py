@@ -326,17 +326,24 @@ class Objective:
         Layout: ``{"policy": …, "kl": β, "regularizers": {name: …},
         "advantage_shapers": {name: …}}``.
         """
-        state: dict = {}
-        for group, name, (spec, kw) in self._slots():
-            if spec.init_state is None:
-                continue
-            if group == "policy":
-                state["policy"] = spec.init_state(kw)
-            else:
-                state.setdefault(group, {})[name] = spec.init_state(kw)
+        state = self._per_slot("init_state")
         if self.config.kl_controller == "adaptive":
             state["kl"] = jnp.asarray(self.config.kl_coef, jnp.float32)
         return state
+
+    def _per_slot(self, hook: str) -> dict:
+        """``spec.<hook>(kwargs)`` of every component that has the hook, in the state layout
+        (``{"policy": …, group: {name: …}}``)."""
+        out: dict = {}
+        for group, name, (spec, kw) in self._slots():
+            fn = getattr(spec, hook)
+            if fn is None:
+                continue
+            if group == "policy":
+                out["policy"] = fn(kw)
+            else:
+                out.setdefault(group, {})[name] = fn(kw)
+        return out
 
     @staticmethod
     def _slot(state, group, name):
@@ -347,14 +354,7 @@ class Objective:
     def zero_stats(self) -> dict:
         """The all-zero statistics pytree (same structure, shapes and dtypes as the ``stats``
         of :meth:`loss_and_stats`); use it as the accumulator / ``lax.scan`` carry."""
-        out: dict = {}
-        for group, name, (spec, kw) in self._slots():
-            if spec.zero_stats is None:
-                continue
-            if group == "policy":
-                out["policy"] = spec.zero_stats(kw)
-            else:
-                out.setdefault(group, {})[name] = spec.zero_stats(kw)
+        out = self._per_slot("zero_stats")
         if self.config.kl_controller == "adaptive":
             out["kl"] = SumCount.zeros()
         return out
