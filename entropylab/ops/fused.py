@@ -20,7 +20,7 @@ accumulated block by block (``lax.fori_loop`` over vocabulary blocks, optionally
 token chunks of ``chunk_size`` rows). So forward and backward hold ``O(chunk · vocab_block)``
 temporaries instead of several ``N × V`` buffers.
 
-Two forward formulations (``impl``), same residuals, same backward:
+Three forward formulations (``impl``), same residuals, same backward:
 
 * ``"stream"`` — the running accumulators above, carried across blocks (a sequential dependency:
   block b's update needs the max of blocks < b).
@@ -29,12 +29,23 @@ Two forward formulations (``impl``), same residuals, same backward:
   ``block_group`` blocks per step as one batched computation), and one reduction over the block
   axis combines them: m = max_b m_b, s = Σ_b e^(m_b − m) s_b, t = Σ_b e^(m_b − m)(t_b + (m_b − m)
   s_b). No block waits for another; the extra memory is four ``[n_blocks, chunk]`` floats.
+* ``"pallas"`` — the same per-block partials from a Pallas kernel
+  (:mod:`entropylab.ops.pallas_fused`) over a tokens × vocabulary grid (every cell independent;
+  logits exist one ``[token_block, vocab_block]`` tile at a time), then the same combination.
+  The backward is the XLA one above (no Pallas backward kernel yet). Tested on CPU in interpret
+  mode only.
 
-``impl=None`` picks by backend (:func:`default_impl`): ``"stream"`` on CPU (the two are within
-measurement noise there, see ``bench/README.md``), ``"parallel"`` on GPU/TPU — **unmeasured on
-accelerators so far**. No Pallas kernel exists yet; on an H100 the streaming version was 1.48×
-slower than dense (the recompute costs a 4th vocabulary matmul against dense's 3, so an XLA
-formulation can only win where dense is bound by its ``N × V`` memory traffic).
+``impl=None`` picks by backend (:func:`default_impl`): ``"stream"`` on CPU (the XLA two are
+within measurement noise there, see ``bench/README.md``), ``"parallel"`` on GPU/TPU —
+**unmeasured on accelerators so far**; ``"pallas"`` is opt-in until ``bench/gpu_check.py`` has
+timed it on hardware. On an H100 the streaming version was 1.48× slower than dense (the
+recompute costs a 4th vocabulary matmul against dense's 3, so a fused formulation can only win
+where dense is bound by its ``N × V`` memory traffic).
+
+Inside ``jax.shard_map(check_vma=True)`` the loop carries are typed like the local batch
+(:func:`_vma_zero`) and an unvarying ``W`` is cast to the batch's varying type before the
+``custom_vjp`` (:func:`_common_vma`), so ``dW`` is all-reduced by autodiff exactly as in the
+dense path.
 
 ``-inf`` logits (a masked vocabulary entry) get p = 0 and contribute exactly 0 to H and to dz
 (products are guarded, no 0·∞); only inputs that are themselves ±inf can produce them.
@@ -75,6 +86,49 @@ def _check_positive_int(name, value, allow_none=False):
 def _acc_dtype(*xs):
     """float32, or float64 when an input is float64 (x64 mode)."""
     return jnp.promote_types(jnp.result_type(*xs), _F32)
+
+
+def _vma_zero(dtype, *refs):
+    """A scalar 0 of ``dtype`` that varies over every manual mesh axis any of ``refs`` varies over.
+
+    Inside ``jax.shard_map`` with ``check_vma=True`` a loop carry must have the same
+    varying-manual-axes type on entry and exit. A carry initialised from ``jnp.zeros`` is
+    invariant, but the loop body mixes in the (varying) local batch, so the types differ and
+    tracing fails. Adding this zero (``zeros_like`` inherits the type; no value is read, so a NaN
+    or inf in ``refs`` does not leak) gives each initial carry the body's type. Outside
+    ``shard_map`` it is a plain scalar 0.
+    """
+    z = jnp.zeros((), dtype)
+    for r in refs:
+        if r is not None:
+            z = z + jnp.zeros_like(r, shape=(), dtype=dtype)
+    return z
+
+
+def _varying_axes(x):
+    """The manual mesh axes ``x`` varies over inside ``shard_map`` (``None`` if JAX can't say)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
+    if mat is not None:
+        return frozenset(mat.varying)
+    vma = getattr(aval, "vma", None)  # JAX 0.6-0.9
+    return None if vma is None else frozenset(vma)
+
+
+def _common_vma(*xs):
+    """``xs`` cast to vary over the union of their varying manual axes (no-op outside shard_map).
+
+    With ``check_vma=True`` a ``custom_vjp`` bwd must return a cotangent of its primal's type;
+    an unvarying ``W`` used with a varying batch gets a varying ``dW``. Casting before the
+    ``custom_vjp`` (adding a zero of the union type) moves the cast outside it, where autodiff
+    transposes it into the ``psum`` of ``dW`` over the batch axes — the same collective the
+    dense path gets.
+    """
+    axes = [_varying_axes(x) for x in xs]
+    if all(a is not None for a in axes) and len(set(axes)) <= 1:
+        return xs  # nothing to cast (the usual case, and always outside shard_map)
+    zero = _vma_zero(_F32, *xs)
+    return tuple(x + zero.astype(x.dtype) for x in xs)
 
 
 def _block_logits(h, w_all, start, width, temp):
@@ -118,11 +172,12 @@ def _chunk_forward(h, y, w_all, *, block, temp, with_entropy):
         return m_new, s_new, t_new, zy
 
     acc = _acc_dtype(h, w_all)
+    zero = _vma_zero(acc, h, y, w_all)  # carries typed like the body's output (shard_map)
     init = (
-        jnp.full((c,), -jnp.inf, acc),
-        jnp.zeros((c,), acc),
-        jnp.zeros((c,), acc),
-        jnp.zeros((c,), acc),
+        jnp.full((c,), -jnp.inf, acc) + zero,
+        jnp.zeros((c,), acc) + zero,
+        jnp.zeros((c,), acc) + zero,
+        jnp.zeros((c,), acc) + zero,
     )
     m, s, t, zy = lax.fori_loop(0, nb, body, init)
     log_s = jnp.log(s)
@@ -179,6 +234,11 @@ def _chunk_forward_parallel(h, y, w_all, *, block, temp, with_entropy, group):
         _block_partials, h, y, w_all, block=block, temp=temp, with_entropy=with_entropy
     )
     mb, sb, tb, zyb = lax.map(part, jnp.arange(nb, dtype=jnp.int32), batch_size=min(group, nb))
+    return _combine_partials(mb, sb, tb, zyb, y, v, with_entropy)
+
+
+def _combine_partials(mb, sb, tb, zyb, y, v, with_entropy):
+    """(logp, H, m, log s, t/s) from per-block partials ``[n_blocks, C]`` (one reduction)."""
     m = jnp.max(mb, axis=0)
     m_ref = jnp.where(jnp.isfinite(m), m, 0.0)
     alpha = jnp.exp(mb - m_ref[None, :])  # blocks with m_b = -inf → 0
@@ -193,6 +253,22 @@ def _chunk_forward_parallel(h, y, w_all, *, block, temp, with_entropy, group):
     t = jnp.sum(jnp.where(alpha > 0, alpha * (tb + delta * sb), 0.0), axis=0)
     ratio = t / s
     return logp, log_s - ratio, m, log_s, ratio
+
+
+def _chunk_forward_pallas(h, y, w_all, *, block, temp, with_entropy, token_block, d_block):
+    """The block-parallel forward with the per-tile partials from the Pallas kernel.
+
+    :func:`entropylab.ops.pallas_fused.block_stats` computes (m_b, s_b, t_b, zy_b) per
+    vocabulary tile (tokens × vocabulary grid, both axes parallel); the combination is the one of
+    :func:`_chunk_forward_parallel`. The kernel always computes t_b (``with_entropy=False`` only
+    skips its combination).
+    """
+    from entropylab.ops import pallas_fused  # jax.experimental.pallas only when asked for
+
+    mb, sb, tb, zyb = pallas_fused.block_stats(
+        h, w_all, y, temp=temp, token_block=token_block, vocab_block=block, d_block=d_block
+    )
+    return _combine_partials(mb, sb, tb, zyb, y, w_all.shape[1], with_entropy)
 
 
 def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, block, temp):
@@ -226,8 +302,8 @@ def _chunk_backward(h, y, w_all, m, log_s, ratio, g_lp, g_h, dw, row_keep, *, bl
         dw = lax.dynamic_update_slice_in_dim(dw, old + dw_blk, start, axis=1)
         return dh, dw
 
-    dh0 = jnp.zeros(h.shape, acc)
-    return lax.fori_loop(0, nb, body, (dh0, dw))
+    zero = _vma_zero(acc, h, y, w_all, m, log_s, ratio, g_lp, g_h, dw)
+    return lax.fori_loop(0, nb, body, (jnp.zeros(h.shape, acc) + zero, dw + zero))
 
 
 def _chunk_starts(n, chunk):
@@ -241,16 +317,19 @@ def _chunk_starts(n, chunk):
     return nc, starts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _fused(hidden, w, labels, temp, chunk, block, with_entropy, group):
-    return _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _fused(hidden, w, labels, temp, chunk, block, with_entropy, group, pallas):
+    return _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group, pallas)[0]
 
 
-def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group):
-    """``group`` = 0: streaming forward (running max); ``group`` ≥ 1: block-parallel forward."""
+def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group, pallas):
+    """Forward by ``pallas`` = (token_block, d_block): the Pallas kernel; else ``group`` = 0:
+    streaming (running max), ``group`` ≥ 1: block-parallel XLA."""
     n = hidden.shape[0]
     kw = dict(block=block, temp=temp, with_entropy=with_entropy)
-    if group:
+    if pallas is not None:
+        fwd = functools.partial(_chunk_forward_pallas, token_block=pallas[0], d_block=pallas[1])
+    elif group:
         fwd = functools.partial(_chunk_forward_parallel, group=group)
     else:
         fwd = _chunk_forward
@@ -270,14 +349,16 @@ def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group):
                 for c, o in zip(carry, outs)
             )
 
-        zeros = jnp.zeros((n,), _acc_dtype(hidden, w))
+        acc = _acc_dtype(hidden, w)
+        zeros = jnp.zeros((n,), acc) + _vma_zero(acc, hidden, labels, w)
         opt = zeros if with_entropy else None
         logp, ent, m, log_s, ratio = lax.fori_loop(0, nc, body, (zeros, opt, zeros, zeros, opt))
     out = (logp, ent) if with_entropy else logp
     return out, (hidden, w, labels, m, log_s, ratio)
 
 
-def _fused_bwd(temp, chunk, block, with_entropy, group, res, g):
+def _fused_bwd(temp, chunk, block, with_entropy, group, pallas, res, g):
+    # One backward for every forward (the Pallas path included: its residuals are the same).
     hidden, w, labels, m, log_s, ratio = res
     g_lp, g_h = g if with_entropy else (g, None)
     acc = _acc_dtype(hidden, w)
@@ -285,7 +366,7 @@ def _fused_bwd(temp, chunk, block, with_entropy, group, res, g):
     g_h = None if g_h is None else g_h.astype(acc)
     n = hidden.shape[0]
     dw0 = jnp.zeros(w.shape, acc)
-    kw = dict(block=block, temp=temp)
+    kw = dict(block=min(block, w.shape[1]), temp=temp)  # the Pallas tile may exceed V
     if chunk >= n:
         dh, dw = _chunk_backward(hidden, labels, w, m, log_s, ratio, g_lp, g_h, dw0, None, **kw)
     else:
@@ -316,16 +397,17 @@ def _fused_bwd(temp, chunk, block, with_entropy, group, res, g):
             dh_all = lax.dynamic_update_slice_in_dim(dh_all, dh, start, axis=0)
             return dh_all, dw
 
-        dh, dw = lax.fori_loop(0, nc, body, (jnp.zeros(hidden.shape, acc), dw0))
+        zero = _vma_zero(acc, hidden, labels, w, m, log_s, ratio, g_lp, g_h)
+        dh, dw = lax.fori_loop(0, nc, body, (jnp.zeros(hidden.shape, acc) + zero, dw0 + zero))
     return dh.astype(hidden.dtype), dw.astype(w.dtype), None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 # jit so that eager calls hit the compilation cache (the loop bodies are fresh closures per trace).
-_fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6, 7))
+_fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6, 7, 8))
 
 
-IMPLS = ("stream", "parallel")
+IMPLS = ("stream", "parallel", "pallas")
 
 
 def default_impl(backend: str | None = None) -> str:
@@ -334,7 +416,7 @@ def default_impl(backend: str | None = None) -> str:
     CPU: ``"stream"`` (measured no slower than ``"parallel"`` here; see ``bench/README.md``).
     GPU/TPU: ``"parallel"`` (no sequential dependency across vocabulary blocks). Its speed on
     accelerators has NOT been measured yet (``python -m bench.gpu_check --only fused`` times
-    both formulations against dense).
+    the formulations against dense). ``"pallas"`` is never picked here until it has been.
     """
     backend = jax.default_backend() if backend is None else backend
     return "stream" if backend == "cpu" else "parallel"
@@ -351,6 +433,8 @@ def fused_logprobs_and_entropy(
     with_entropy: bool = True,
     impl: str | None = None,
     block_group: int = 1,
+    token_block: int = 64,
+    d_block: int | None = 64,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob of ``labels`` and full-vocabulary entropy from hidden states, without logits.
 
@@ -380,8 +464,18 @@ def fused_logprobs_and_entropy(
         reduction over blocks (no cross-block dependency). ``None`` picks by backend
         (:func:`default_impl`). Both give the same values to float32 rounding and share the
         backward, the residuals and the ``custom_vjp`` contract.
+        ``"pallas"``: the same block-parallel partials from a Pallas kernel over a tokens ×
+        vocabulary grid (:mod:`entropylab.ops.pallas_fused`; interpret mode on CPU), combined
+        by the same reduction; its backward is the XLA one (recomputing blocks). Opt-in: never
+        picked by ``None`` until ``bench/gpu_check.py`` has measured it on hardware.
       block_group: blocks per step of the ``"parallel"`` forward (temporaries grow as
-        ``block_group × chunk × vocab_block``); ignored by ``"stream"``.
+        ``block_group × chunk × vocab_block``); ignored by ``"stream"`` and ``"pallas"``.
+      token_block: ``"pallas"`` only: token rows per kernel tile (N is padded to a multiple).
+        The vocabulary tile is ``vocab_block`` (V is padded to a multiple — one copy of the
+        unembedding unless ``vocab_block`` divides V). GPU (Triton): powers of 2 ≥ 16, small
+        tiles (e.g. 64 × 128); TPU: ``token_block % 8 == 0``, ``vocab_block % 128 == 0``.
+      d_block: ``"pallas"`` only: the model dimension is contracted ``d_block`` columns at a
+        time inside a tile when ``d_block`` divides D (else in one dot over D).
 
     Returns:
       Always a pair ``(logp, entropy)`` of float32 arrays of shape ``labels.shape``; ``entropy``
@@ -429,6 +523,8 @@ def fused_logprobs_and_entropy(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
     _check_positive_int("block_group", block_group)
+    _check_positive_int("token_block", token_block)
+    _check_positive_int("d_block", d_block, allow_none=True)
     v = unembedding.shape[1]
     if v == 0:
         raise ValueError("unembedding must have V >= 1 columns")
@@ -442,9 +538,17 @@ def fused_logprobs_and_entropy(
         empty = jnp.zeros(out_shape, _acc_dtype(hidden, unembedding))
         return empty, (empty if with_entropy else None)
     chunk = n if chunk_size is None else min(chunk_size, n)
-    block = min(vocab_block, v)
     group = block_group if impl == "parallel" else 0
-    out = _fused_jit(h, unembedding, y, float(temperature), chunk, block, with_entropy, group)
+    if impl == "pallas":
+        # the kernel's vocabulary tile is not clipped to V (tile shapes are backend-constrained;
+        # V is padded instead)
+        block, pallas = vocab_block, (token_block, d_block)
+    else:
+        block, pallas = min(vocab_block, v), None
+    h, unembedding, y = _common_vma(h, unembedding, y)
+    out = _fused_jit(
+        h, unembedding, y, float(temperature), chunk, block, with_entropy, group, pallas
+    )
     if with_entropy:
         logp, ent = out
         return logp.reshape(out_shape), ent.reshape(out_shape)

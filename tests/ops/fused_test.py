@@ -112,18 +112,21 @@ CASES = [
 ]
 
 
-# the block-parallel forward on the cases with ragged blocks/chunks (+ block > V, V = 1)
+# the block-parallel forwards on the cases with ragged blocks/chunks (+ block > V, V = 1); the
+# Pallas kernel (interpret mode on CPU) pads N to token_block = 8 and V to vocab_block
 PARALLEL_CASES = [(*CASES[1], "parallel", 2), (*CASES[4], "parallel", 1)]
+PALLAS_CASES = [(*CASES[1], "pallas", 1), (*CASES[4], "pallas", 1)]
 
 
 @pytest.mark.parametrize(
     "n,d,v,block,chunk,temp,impl,group",
-    [(*c, "stream", 1) for c in CASES] + PARALLEL_CASES,
+    [(*c, "stream", 1) for c in CASES] + PARALLEL_CASES + PALLAS_CASES,
 )
 def test_matches_float64_reference_and_dense(n, d, v, block, chunk, temp, impl, group):
     h, w, y = _inputs(n, d, v, seed=n + v)
     a, b = _weights(n)
     kw = dict(temperature=temp, vocab_block=block, chunk_size=chunk, impl=impl, block_group=group)
+    kw.update(token_block=8, d_block=8)  # Pallas only: with D = 16, two D slices per tile
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
@@ -184,11 +187,11 @@ def test_no_entropy_fast_path():
     np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["stream"])
+@pytest.mark.parametrize("impl", ["stream", "pallas"])
 def test_bf16_inputs(impl):
     h, w, y = _inputs(40, 32, 300, dtype=jnp.bfloat16)
     a, b = _weights(40)
-    kw = dict(vocab_block=64, temperature=0.9, impl=impl, block_group=2)
+    kw = dict(vocab_block=64, temperature=0.9, impl=impl, block_group=2, token_block=16)
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
@@ -224,11 +227,12 @@ def test_check_grads_x64(x64):
         check_grads(f, (h, w), order=1, modes=("rev",))
 
 
-@pytest.mark.parametrize("impl", ["stream", "parallel"])
+@pytest.mark.parametrize("impl", ["stream", "parallel", "pallas"])
 def test_x64_matches_reference_tightly(impl, x64):
     h, w, y = _inputs(9, 5, 23, dtype=jnp.float64)
     a, b = _weights(9)
     kw = dict(vocab_block=6, chunk_size=4, temperature=0.8, impl=impl, block_group=3)
+    kw["token_block"] = 8
     fused = _values_and_grads(lambda h, w, y: fused_logprobs_and_entropy(h, w, y, **kw), a, b)
     logp, ent, gh, gw = fused(h, w, y)
     ref = np_reference(h, w, y, 0.8, a, b)
@@ -256,7 +260,7 @@ def test_jit_and_no_nv_buffer(impl, group):
     np.testing.assert_allclose(gw, r_gw, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["stream", "parallel"])
+@pytest.mark.parametrize("impl", ["stream", "parallel", "pallas"])
 def test_extreme_values_are_finite(impl):
     # |h·W| ~ 1e4: shift by the running (or per-block) max must keep everything finite.
     h = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]]) * 1e4
@@ -264,7 +268,11 @@ def test_extreme_values_are_finite(impl):
     y = jnp.array([0, 1, 3, 4])
     a, b = _weights(4)
     fused = _values_and_grads(
-        lambda h, w, y: fused_logprobs_and_entropy(h, w, y, vocab_block=2, impl=impl), a, b
+        lambda h, w, y: fused_logprobs_and_entropy(
+            h, w, y, vocab_block=2, impl=impl, token_block=8
+        ),
+        a,
+        b,
     )
     logp, ent, gh, gw = fused(h, w, y)
     for x in (logp, ent, gh, gw):
@@ -276,26 +284,90 @@ def test_extreme_values_are_finite(impl):
     np.testing.assert_allclose(gw, r_gw, atol=1e-3)
 
 
-@pytest.mark.parametrize("impl", ["stream"])
+@pytest.mark.parametrize("impl", ["stream", "pallas"])
 def test_all_negative_logits_shift_invariant(impl):
     """A 0 identity for the max (verl PR #7439) would break this; −inf does not."""
     h, w, y = _inputs(10, 4, 30)
     shift = jnp.concatenate([h, jnp.ones((10, 1))], axis=1)
     w_shift = jnp.concatenate([w, jnp.full((1, 30), -500.0)], axis=0)
-    base = fused_logprobs_and_entropy(h, w, y, vocab_block=8, impl=impl)
-    out = fused_logprobs_and_entropy(shift, w_shift, y, vocab_block=8, impl=impl)
+    kw = dict(vocab_block=8, impl=impl, token_block=8)
+    base = fused_logprobs_and_entropy(h, w, y, **kw)
+    out = fused_logprobs_and_entropy(shift, w_shift, y, **kw)
     np.testing.assert_allclose(out[0], base[0], atol=1e-3)
     np.testing.assert_allclose(out[1], base[1], atol=1e-3)
 
 
-def test_out_of_range_label_gives_nan_logp_only():
-    h, w, _ = _inputs(3, 4, 10)
-    logp, ent = fused_logprobs_and_entropy(h, w, jnp.array([1, 10, -1]), vocab_block=4)
-    assert np.isfinite(logp[0]) and np.isnan(logp[1]) and np.isnan(logp[2])
-    assert np.all(np.isfinite(ent))
+@pytest.mark.parametrize("impl", ["stream", "parallel", "pallas"])
+def test_out_of_range_label_gives_nan_logp_only(impl):
+    # labels are traced values, so no path can raise on them: every impl gives the dense
+    # gather's NaN log-prob (12 is inside the Pallas path's padded vocabulary tile [10, 16)).
+    h, w, _ = _inputs(4, 4, 10)
+    y = jnp.array([1, 10, -1, 12])
+    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=8, impl=impl, token_block=8)
+    assert np.isfinite(logp[0]) and np.all(np.isnan(logp[1:]))
+    r_logp, r_ent = np_reference(h, w, np.array([1, 0, 0, 0]))
+    np.testing.assert_allclose(logp[0], r_logp[0], rtol=1e-5)
+    np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["stream", "parallel"])
+@pytest.mark.parametrize("impl", ["stream", "parallel", "pallas"])
+def test_nan_input_propagates_never_a_finite_zero(impl):
+    # A NaN in one row of h makes that row's logp and H NaN (other rows unaffected) and dW NaN
+    # (every row contributes to it); a NaN in one column of W poisons every row's logsumexp.
+    h, w, y = _inputs(5, 4, 12, seed=11)
+    kw = dict(vocab_block=4, impl=impl, token_block=8)
+    h_nan = h.at[2, 1].set(jnp.nan)
+    logp, ent = fused_logprobs_and_entropy(h_nan, w, y, **kw)
+    assert np.isnan(logp[2]) and np.isnan(ent[2])
+    r_logp, r_ent = np_reference(h, w, y)
+    keep = np.arange(5) != 2
+    np.testing.assert_allclose(np.asarray(logp)[keep], r_logp[keep], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ent)[keep], r_ent[keep], rtol=1e-5, atol=1e-6)
+
+    def loss(h, w):
+        lp, en = fused_logprobs_and_entropy(h, w, y, **kw)
+        return jnp.sum(lp) + jnp.sum(en)
+
+    gh, gw = jax.jit(jax.grad(loss, (0, 1)))(h_nan, w)
+    assert np.all(np.isnan(np.asarray(gh)[2])) and np.all(np.isfinite(np.asarray(gh)[keep]))
+    assert np.all(np.isnan(gw))
+    logp, ent = fused_logprobs_and_entropy(h, w.at[3, 9].set(jnp.nan), y, **kw)
+    assert np.all(np.isnan(logp)) and np.all(np.isnan(ent))
+
+
+@pytest.mark.parametrize("impl,chunk", [("stream", None), ("stream", 3), ("parallel", 3)])
+def test_shard_map_with_check_vma(impl, chunk):
+    # Regression: under jax.shard_map(check_vma=True) the loop carries (initialised invariant,
+    # updated from the varying local batch) failed to trace, and the custom_vjp returned a
+    # varying dW for an unvarying W. Rows sharded over 2 devices, W replicated: the values and
+    # gradients (dW all-reduced by autodiff) equal the unsharded call.
+    # (impl="pallas" cannot run here: JAX 0.10.2's interpret mode re-checks the kernel body at
+    # lowering and rejects it under check_vma; see entropylab.ops.pallas_fused.)
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    h, w, y = _inputs(8, 4, 10, seed=5)
+    a, b = _weights(8)
+    kw = dict(vocab_block=4, impl=impl, chunk_size=chunk, block_group=2)
+
+    def local(h, w, y):
+        return fused_logprobs_and_entropy(h, w, y, **kw)
+
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P("data"), P(), P("data")),
+        out_specs=(P("data"), P("data")),
+        check_vma=True,
+    )
+    got = _values_and_grads(sharded, a, b)(h, w, y)
+    want = np_reference(h, w, y, 1.0, a, b)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["stream", "parallel", "pallas"])
 def test_minus_inf_logits_are_masked_vocabulary(impl):
     # −inf logits (a masked vocabulary entry: a −inf weight on a constant-1 feature) have p = 0
     # and contribute exactly 0 to H; the old streaming forward gave NaN entropy (0·(−inf)).
@@ -307,7 +379,7 @@ def test_minus_inf_logits_are_masked_vocabulary(impl):
     w = jnp.concatenate([w, jnp.asarray(bias)[None, :]], axis=0)
     y = jnp.array([0, 2, 3, 5, 12, 7], jnp.int32)
     a, b = _weights(6)
-    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=4, impl=impl)
+    logp, ent = fused_logprobs_and_entropy(h, w, y, vocab_block=4, impl=impl, token_block=8)
     z = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
     keep = np.isfinite(z[0])
     r_logp, r_ent = np_reference(np.eye(6), z[:, keep], np.searchsorted(np.flatnonzero(keep), y))
@@ -320,7 +392,7 @@ def test_minus_inf_logits_are_masked_vocabulary(impl):
     def loss(hf, wf):
         hh = jnp.concatenate([hf, h[:, 3:]], 1)
         lp, en = fused_logprobs_and_entropy(
-            hh, jnp.concatenate([wf, w[3:]], 0), y, vocab_block=4, impl=impl
+            hh, jnp.concatenate([wf, w[3:]], 0), y, vocab_block=4, impl=impl, token_block=8
         )
         return jnp.sum(a * lp) + jnp.sum(b * en)
 
@@ -360,6 +432,42 @@ def test_block_partials_are_independent_and_combine():
     r_logp, r_ent = np_reference(h, w, y)
     np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ent, r_ent, rtol=1e-5, atol=1e-6)
+
+
+def test_pallas_tile_statistics_match_float64():
+    # The kernel's per-tile outputs on their own: N = 13 padded to token_block 8 (two token
+    # tiles), V = 20 padded to vocab_block 8 (tiles [0,8), [8,16), [16,20) + 4 masked columns),
+    # D = 8 contracted in two slices of d_block 4, temperature 0.5.
+    from entropylab.ops import pallas_fused
+
+    h, w, y = _inputs(13, 8, 20, seed=2)
+    m, s, t, zy = pallas_fused.block_stats(
+        h, w, y, temp=0.5, token_block=8, vocab_block=8, d_block=4
+    )
+    assert m.shape == (3, 13) and m.dtype == jnp.float32
+    z = np.asarray(h, np.float64) @ np.asarray(w, np.float64) / 0.5
+    for j, cols in enumerate([range(0, 8), range(8, 16), range(16, 20)]):
+        zb = z[:, list(cols)]
+        m_ref = zb.max(1)
+        e = np.exp(zb - m_ref[:, None])
+        np.testing.assert_allclose(m[j], m_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s[j], e.sum(1), rtol=1e-5)
+        np.testing.assert_allclose(t[j], (e * (zb - m_ref[:, None])).sum(1), rtol=1e-5, atol=1e-6)
+        in_j = np.isin(np.asarray(y), list(cols))
+        np.testing.assert_allclose(zy[j], np.where(in_j, z[np.arange(13), y], 0.0), atol=1e-5)
+
+
+def test_pallas_backend_block_constraints():
+    from entropylab.ops import pallas_fused
+
+    pallas_fused._check_blocks("gpu", 64, 128, 64)
+    pallas_fused._check_blocks("tpu", 8, 128, 1024)
+    with pytest.raises(ValueError, match="vocab_block % 128"):
+        pallas_fused._check_blocks("tpu", 8, 64, 64)
+    with pytest.raises(ValueError, match="token_block a power of 2"):
+        pallas_fused._check_blocks("gpu", 48, 128, 64)
+    assert pallas_fused.resolve_d_block(1024, 64) == 64
+    assert pallas_fused.resolve_d_block(100, 64) == 100  # does not divide D: one dot over D
 
 
 def test_default_impl_by_backend():
@@ -407,8 +515,10 @@ def test_property_matches_reference(n, v, block, chunk, seed):
         (dict(temperature=0.0), "temperature"),
         (dict(temperature=jnp.float32(1.0)), "temperature"),
         (dict(with_entropy="yes"), "with_entropy"),
-        (dict(impl="pallas"), "impl"),
+        (dict(impl="triton"), "impl"),
         (dict(impl="parallel", block_group=0), "block_group"),
+        (dict(impl="pallas", token_block=0), "token_block"),
+        (dict(impl="pallas", d_block=1.5), "d_block"),
     ],
 )
 def test_bad_input_raises(kwargs, match):
