@@ -22,7 +22,7 @@ Two ways to form E and average ``pen`` (``reduction``):
 Both use E_max = ln(``context_size``) for every row (the code infers ``context_size`` from the
 attention matrix's last dimension, the default here; under a causal mask row i can only reach
 ln i). The code computes the entropy from probabilities as −nansum(a·ln(a + 1e-9)); here the
-entropy map comes in (``Transformer(..., return_attn_entropy_map=True)`` gives it from the
+entropy map comes in (``Transformer(..., aux=("attn_entropy_map",))`` gives it from the
 logits, exact), so that 1e-9 shift is not reproduced. The code's ``usage_example.py`` reuses
 the first block's thresholds for every layer; pass an ``[H]`` threshold vector to get that,
 ``[L, H]`` for the paper's Θ ∈ R^{L×H}.

@@ -2,7 +2,7 @@
 
 cfg = TransformerConfig.tiny(vocab_size=256)
 model = Transformer(cfg, rngs=nnx.Rngs(0))
-logits, aux = model(tokens, return_attn_entropy=True)
+logits, aux = model(tokens, aux=("attn_entropy",))   # aux: ModelAux, aux.attn_entropy [L, H]
 graphdef, state = nnx.split(model)          # at the jit boundary
 logits, aux = forward(graphdef, state, tokens)
 """
@@ -17,10 +17,11 @@ from entropylab.models.rope import (
     rope_frequencies,
     rope_types,
 )
-from entropylab.models.transformer import KVCache, Transformer, forward
+from entropylab.models.transformer import KVCache, ModelAux, Transformer, forward
 
 __all__ = [
     "KVCache",
+    "ModelAux",
     "RopeConfig",
     "Transformer",
     "TransformerConfig",

@@ -7,6 +7,12 @@ Pre-norm residual blocks (Llama / Qwen2 / GPT-2 layout):
 
 with W_out = Eᵀ when embeddings are tied. Logits are float32 whatever the compute dtype.
 
+One per-layer body, :meth:`Block.__call__`, serves both the full forward and ``decode`` (they
+differ only in where the keys come from: this chunk, or the chunk written into the cache).
+Optional outputs are asked for by name, ``model(tokens, aux=("attn_entropy",))``, and come back
+in a :class:`ModelAux` pytree (unrequested fields None). Names carry their shapes
+(``x_BxTxD``: batch B, length T, width D; K = H_kv key heads, S key slots, L layers).
+
 Layers are a Python loop over ``nnx.List`` blocks, not ``lax.scan``: at the CPU presets (L ≤ 8)
 the unrolled graph compiles in about a second, each layer's KV cache stays a separate buffer that
 XLA updates in place, and per-layer options (Entropy-ABF's layer skip) are static.
@@ -64,6 +70,37 @@ class KVCache:
         return self.k[0].shape[2]
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ModelAux:
+    """Optional outputs of :meth:`Transformer.__call__` (a pytree): a field holds an array when
+    its name was in ``aux=``, else None.
+
+    Attributes:
+      attn_entropy: ``[L, H]`` float32, each head's attention entropy averaged over the valid
+        query rows of the whole batch.
+      attn_entropy_map: ``[L, B, H, T]`` float32, the entropy of every query row (0 for a row
+        that sees no valid key).
+    """
+
+    attn_entropy: jax.Array | None = None
+    attn_entropy_map: jax.Array | None = None
+
+
+AUX_FIELDS = tuple(f.name for f in dataclasses.fields(ModelAux))
+
+
+def _aux_names(aux) -> frozenset:
+    """Validated set of requested :class:`ModelAux` field names (``aux`` is static)."""
+    names = (aux,) if isinstance(aux, str) else aux
+    if not isinstance(names, (tuple, list, set, frozenset)):
+        raise TypeError(f"aux must be a tuple of names from {AUX_FIELDS}, got {aux!r}")
+    bad = [n for n in names if n not in AUX_FIELDS]
+    if bad:
+        raise ValueError(f"aux names must be in {AUX_FIELDS}, got {bad!r}")
+    return frozenset(names)
+
+
 class Block(nnx.Module):
     """Pre-norm decoder block: attention then MLP, each with a residual connection."""
 
@@ -96,6 +133,45 @@ class Block(nnx.Module):
             return x + y
         beta = self.ffn_beta[...].astype(x.dtype)
         return beta * x + y / self.ffn_alpha[...].astype(y.dtype)
+
+    def __call__(
+        self,
+        x_BxTxD,
+        kv=None,
+        *,
+        positions_BxT,
+        freqs,
+        q_scale_BxT,
+        allowed_BxTxS,
+        index_B=None,
+        entropy=False,
+    ):
+        """One layer, shared by the full forward and ``decode``.
+
+        ``kv`` None: the full forward (keys are this chunk's T slots; causal, so the
+        query-blocked path). ``kv = (k, v)``, each ``[B, H_kv, S, d]``: this layer's cache; the
+        chunk's keys/values are written at slots ``index_B[b] + arange(T)`` first.
+        Returns ``(x_BxTxD, (k, v), entropy_BxHxT | None)``: the keys/values attended to (the
+        updated cache in decode) and, with ``entropy``, the per-row attention entropy.
+        """
+        h_BxTxD = self.attn_norm(x_BxTxD)
+        k_BxKxTxd, v_BxKxTxd = self.attn.project_kv(h_BxTxD, positions_BxT, freqs)
+        if kv is not None:
+            k_BxKxTxd = _write(kv[0], k_BxKxTxd, index_B)
+            v_BxKxTxd = _write(kv[1], v_BxKxTxd, index_B)
+        y_BxTxD, ent_BxHxT = self.attn(
+            h_BxTxD,
+            k_BxKxTxd,
+            v_BxKxTxd,
+            positions=positions_BxT,
+            freqs=freqs,
+            q_scale=q_scale_BxT,
+            allowed=allowed_BxTxS,
+            return_entropy=entropy,
+            causal=kv is None,
+        )
+        x_BxTxD = self.ffn_residual(x_BxTxD + y_BxTxD)
+        return x_BxTxD, (k_BxKxTxd, v_BxKxTxd), ent_BxHxT
 
 
 def _write(cache_x, new_x, index):
@@ -172,6 +248,31 @@ class Transformer(nnx.Module):
                     f"{name} must have the tokens' shape {tokens.shape}, got {a.shape}"
                 )
 
+    def _trunk(self, tokens_BxT, *, positions_BxT, allowed_BxTxS, freqs, cache=None, entropy=False):
+        """Embedding, the L blocks, final norm: ``(h_BxTxD, [(k, v)] per layer, [entropy])``.
+
+        ``cache`` None: full forward; else each block writes into and reads its cache layer.
+        """
+        q_scales = self._q_scales(positions_BxT)
+        kvs = [None] * len(self.blocks) if cache is None else list(zip(cache.k, cache.v))
+        index_B = None if cache is None else cache.index
+        x_BxTxD = self.embed(tokens_BxT)
+        new_kvs, ents = [], []
+        for blk, q_scale_BxT, kv in zip(self.blocks, q_scales, kvs):
+            x_BxTxD, kv, ent_BxHxT = blk(
+                x_BxTxD,
+                kv,
+                positions_BxT=positions_BxT,
+                freqs=freqs,
+                q_scale_BxT=q_scale_BxT,
+                allowed_BxTxS=allowed_BxTxS,
+                index_B=index_B,
+                entropy=entropy,
+            )
+            new_kvs.append(kv)
+            ents.append(ent_BxHxT)
+        return self.final_norm(x_BxTxD), new_kvs, ents
+
     # -- full forward --------------------------------------------------------------------------
 
     def __call__(
@@ -180,8 +281,7 @@ class Transformer(nnx.Module):
         *,
         positions=None,
         attention_mask=None,
-        return_attn_entropy: bool = False,
-        return_attn_entropy_map: bool = False,
+        aux=(),
         return_hidden: bool = False,
     ):
         """Full causal forward pass.
@@ -190,61 +290,47 @@ class Transformer(nnx.Module):
           tokens: int ``[B, T]``.
           positions: int ``[B, T]`` RoPE positions (default ``arange(T)``).
           attention_mask: ``[B, T]`` key-padding mask, 1 = valid token.
-          return_attn_entropy: add ``aux["attn_entropy"] [L, H]``, the attention entropy of each
-            head averaged over valid query rows (and the batch).
-          return_attn_entropy_map: add ``aux["attn_entropy_map"] [L, B, H, T]`` (per row).
+          aux: names of the :class:`ModelAux` fields to compute (a static tuple, e.g.
+            ``("attn_entropy",)``; a single name may be a str); the others stay None.
           return_hidden: return the final-norm hidden ``[B, T, D]`` instead of logits.
         Returns:
-          ``(logits [B, T, V] float32 | hidden [B, T, D], aux dict)``.
+          ``(logits [B, T, V] float32 | hidden [B, T, D], ModelAux)``.
         """
+        want = _aux_names(aux)
         tokens = jnp.asarray(tokens)
         self._check_tokens(tokens, positions, attention_mask)
         b, t = tokens.shape
-        slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        slots_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if positions is None:
-            positions, seq_len = slots, t
+            positions, seq_len = slots_BxT, t
         else:
             positions = jnp.asarray(positions, jnp.int32)
             seq_len = jnp.max(positions) + 1
-        valid = None if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-        allowed = attention_mask_fn(slots, valid, t)
-        freqs = self._rope(seq_len)
-        q_scales = self._q_scales(positions)
-        want_ent = return_attn_entropy or return_attn_entropy_map
+        valid_BxT = None if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        h_BxTxD, _, ents = self._trunk(
+            tokens,
+            positions_BxT=positions,
+            allowed_BxTxS=attention_mask_fn(slots_BxT, valid_BxT, t),
+            freqs=self._rope(seq_len),
+            entropy=bool(want),
+        )
 
-        x = self.embed(tokens)
-        ents = []
-        for blk, q_scale in zip(self.blocks, q_scales):
-            h = blk.attn_norm(x)
-            k, v = blk.attn.project_kv(h, positions, freqs)
-            y, ent = blk.attn(
-                h,
-                k,
-                v,
-                positions=positions,
-                freqs=freqs,
-                q_scale=q_scale,
-                allowed=allowed,
-                return_entropy=want_ent,
-                causal=True,
-            )
-            x = x + y
-            x = blk.ffn_residual(x)
-            ents.append(ent)
-        h = self.final_norm(x)
-
-        aux = {}
-        if want_ent:
-            ent_map = jnp.stack(ents)  # [L, B, H, T]
-            if return_attn_entropy:
-                w = jnp.ones((b, t), jnp.float32) if valid is None else valid.astype(jnp.float32)
-                total = jnp.einsum("lbht,bt->lh", ent_map, w)
-                aux["attn_entropy"] = total / jnp.maximum(jnp.sum(w), 1.0)
-            if return_attn_entropy_map:
-                aux["attn_entropy_map"] = ent_map
+        out = {}
+        if want:
+            ent_LxBxHxT = jnp.stack(ents)
+            if "attn_entropy" in want:
+                w_BxT = (
+                    jnp.ones((b, t), jnp.float32)
+                    if valid_BxT is None
+                    else valid_BxT.astype(jnp.float32)
+                )
+                total_LxH = jnp.einsum("lbht,bt->lh", ent_LxBxHxT, w_BxT)
+                out["attn_entropy"] = total_LxH / jnp.maximum(jnp.sum(w_BxT), 1.0)
+            if "attn_entropy_map" in want:
+                out["attn_entropy_map"] = ent_LxBxHxT
         if return_hidden:
-            return h, aux
-        return self._logits(h), aux
+            return h_BxTxD, ModelAux(**out)
+        return self._logits(h_BxTxD), ModelAux(**out)
 
     # -- KV cache ------------------------------------------------------------------------------
 
@@ -294,25 +380,16 @@ class Transformer(nnx.Module):
             else jnp.asarray(attention_mask).astype(bool)
         )
         mask = _write(cache.mask[:, None, :], new_valid[:, None, :], cache.index)[:, 0]
-        allowed = attention_mask_fn(slots, mask, t_max)
-        freqs = self._rope(t_max)
-        q_scales = self._q_scales(positions)
-
-        x = self.embed(tokens)
-        new_k, new_v = [], []
-        for blk, q_scale, ck, cv in zip(self.blocks, q_scales, cache.k, cache.v):
-            h = blk.attn_norm(x)
-            k, v = blk.attn.project_kv(h, positions, freqs)
-            ck, cv = _write(ck, k, cache.index), _write(cv, v, cache.index)
-            y, _ = blk.attn(
-                h, ck, cv, positions=positions, freqs=freqs, q_scale=q_scale, allowed=allowed
-            )
-            x = x + y
-            x = blk.ffn_residual(x)
-            new_k.append(ck)
-            new_v.append(cv)
-        logits = self._logits(self.final_norm(x))
-        return logits, KVCache(k=tuple(new_k), v=tuple(new_v), index=cache.index + t, mask=mask)
+        h_BxTxD, kvs, _ = self._trunk(
+            tokens,
+            positions_BxT=positions,
+            allowed_BxTxS=attention_mask_fn(slots, mask, t_max),
+            freqs=self._rope(t_max),
+            cache=cache,
+        )
+        k, v = (tuple(x) for x in zip(*kvs))
+        logits = self._logits(h_BxTxD)
+        return logits, KVCache(k=k, v=v, index=cache.index + t, mask=mask)
 
 
 attention_mask_fn = attention_mask

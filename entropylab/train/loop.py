@@ -117,14 +117,14 @@ def lm_loss(graphdef, params, rest, batch, *, attn_entropy: bool = False):
     logits, aux = model(
         batch["inputs"],
         attention_mask=batch.get("attention_mask"),
-        return_attn_entropy=attn_entropy,
+        aux=("attn_entropy",) if attn_entropy else (),
     )
     logp, ent = logprobs_and_entropy(logits, batch["targets"])
     mask = batch["loss_mask"]
     loss = -masked_mean(logp, mask)
     metrics = {"loss": loss, "entropy": masked_mean(ent, mask)}
     if attn_entropy:
-        metrics["attn_entropy"] = jnp.mean(aux["attn_entropy"], axis=-1)  # [L]
+        metrics["attn_entropy"] = jnp.mean(aux.attn_entropy, axis=-1)  # [L]
     return loss, metrics
 
 

@@ -244,14 +244,14 @@ def test_model_matches_numpy_eabf_layers_and_temperature(layer_skip):
         temps.append(tb)
     tokens = np.random.RandomState(1).randint(0, 64, (2, T))
     graphdef, state = nnx.split(model)
-    logits, aux = jax.jit(lambda s, x: forward(graphdef, s, x, return_attn_entropy_map=True))(
+    logits, aux = jax.jit(lambda s, x: forward(graphdef, s, x, aux=("attn_entropy_map",)))(
         state, jnp.asarray(tokens)
     )
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(state))
     scaled = (2,) if layer_skip else (0, 1, 2)
     ref, ref_ent = np_forward(p, cfg, tokens, scaled, L_ORIG, temps)
     np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-4, rtol=2e-4)
-    np.testing.assert_allclose(np.asarray(aux["attn_entropy_map"]), ref_ent, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(aux.attn_entropy_map), ref_ent, atol=2e-4)
     # the reference is sharp enough to tell the variants apart: other layer sets, or the scale
     # applied to keys too (logits × t², what scaling q and k by t each would give), disagree
     other = (0, 1, 2) if layer_skip else (2,)

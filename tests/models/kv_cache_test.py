@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from entropylab.models import Transformer, TransformerConfig, forward
+from entropylab.models.transformer import Block
 
 ROPES = {
     "default": ("default", {}),
@@ -72,6 +73,28 @@ def test_prefill_and_steps_equal_full_forward(rope):
         outs.append(out)
     np.testing.assert_allclose(np.concatenate(outs, axis=1), np.asarray(full), atol=1e-4)
     np.testing.assert_array_equal(np.asarray(cache.index), [t, t])
+
+
+def test_forward_and_decode_run_the_same_block_body(monkeypatch):
+    """Both paths go through ``Block.__call__`` once per layer, in layer order: a per-layer loop
+    written out again in either path (the old layout) makes this fail."""
+    model = _model("default")
+    calls = []
+    body = Block.__call__
+
+    def counted(blk, *args, **kw):
+        calls.append((next(i for i, b in enumerate(model.blocks) if b is blk), args[1] is None))
+        return body(blk, *args, **kw)
+
+    monkeypatch.setattr(Block, "__call__", counted)
+    tokens = _randint(3, (1, 5), 64)
+    full, _ = model(tokens)
+    n = model.config.n_layers
+    assert calls == [(i, True) for i in range(n)]  # full forward: no cache
+    calls.clear()
+    dec, _ = model.decode(tokens, model.init_cache(1, 8))
+    assert calls == [(i, False) for i in range(n)]  # decode: each block gets its cache layer
+    np.testing.assert_allclose(np.asarray(dec), np.asarray(full), atol=1e-5)
 
 
 def test_entropy_abf_scales_only_late_layers_past_window():

@@ -94,20 +94,20 @@ def test_matches_numpy_reference_with_padding_and_entropy(model):
     cfg = model.config
     tokens = _randint(0, (2, 7), cfg.vocab_size)
     mask = jnp.array([[1] * 7, [1] * 5 + [0] * 2])
-    f, state = _jit_forward(model, return_attn_entropy=True, return_attn_entropy_map=True)
+    f, state = _jit_forward(model, aux=("attn_entropy", "attn_entropy_map"))
     logits, aux = f(state, tokens, mask)
     ref, ref_ent = np_forward(_params(model), cfg, np.asarray(tokens), np.asarray(mask))
     valid = np.asarray(mask, bool)
     assert logits.dtype == jnp.float32 and logits.shape == (2, 7, cfg.vocab_size)
     np.testing.assert_allclose(np.asarray(logits)[valid], ref[valid], atol=1e-4, rtol=1e-4)
-    ent_map = np.asarray(aux["attn_entropy_map"])
+    ent_map = np.asarray(aux.attn_entropy_map)
     assert ent_map.shape == (cfg.n_layers, 2, cfg.n_heads, 7)
     np.testing.assert_allclose(
         ent_map.transpose(0, 1, 3, 2)[:, valid], ref_ent.transpose(0, 1, 3, 2)[:, valid], atol=1e-5
     )
     # [L, H]: mean over the valid query rows of the whole batch.
     ref_mean = (ref_ent * valid[None, :, None, :]).sum((1, 3)) / valid.sum()
-    np.testing.assert_allclose(np.asarray(aux["attn_entropy"]), ref_mean, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux.attn_entropy), ref_mean, atol=1e-5)
     # Hidden state path and unembedding give the same logits; the fast path agrees.
     hidden, _ = jax.jit(lambda m, x: m(x, attention_mask=mask, return_hidden=True))(model, tokens)
     assert hidden.shape == (2, 7, cfg.d_model)
@@ -115,9 +115,9 @@ def test_matches_numpy_reference_with_padding_and_entropy(model):
         np.asarray(hidden @ model.unembedding())[valid], ref[valid], atol=1e-4, rtol=1e-4
     )
     fast, _ = _jit_forward(model)
-    np.testing.assert_allclose(
-        np.asarray(fast(state, tokens, mask)[0])[valid], ref[valid], atol=1e-4, rtol=1e-4
-    )
+    fast_logits, fast_aux = fast(state, tokens, mask)
+    np.testing.assert_allclose(np.asarray(fast_logits)[valid], ref[valid], atol=1e-4, rtol=1e-4)
+    assert fast_aux.attn_entropy is None and fast_aux.attn_entropy_map is None  # not asked for
 
 
 def test_causality(model):
@@ -153,7 +153,7 @@ def test_per_head_temperature_moves_entropy():
     )
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens = _randint(3, (2, 12), 64)
-    f = jax.jit(lambda m, x: m(x, return_attn_entropy=True)[1]["attn_entropy"])
+    f = jax.jit(lambda m, x: m(x, aux=("attn_entropy",))[1].attn_entropy)
     base = np.asarray(f(model, tokens))
     lt = model.blocks[0].attn.log_temperature
     lt.set_value(lt[...].at[0].set(jnp.log(8.0)).at[1].set(jnp.log(0.05)))
@@ -180,8 +180,8 @@ def test_variants_run_with_finite_grads(norm, mlp, extra):
     mask = jnp.array([[1] * 6, [0, 0, 1, 1, 1, 1]])
 
     def loss(s):
-        logits, aux = forward(graphdef, s, tokens, attention_mask=mask, return_attn_entropy=True)
-        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + aux["attn_entropy"].mean()
+        logits, aux = forward(graphdef, s, tokens, attention_mask=mask, aux=("attn_entropy",))
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + aux.attn_entropy.mean()
 
     val, g = jax.jit(jax.value_and_grad(loss))(state)
     assert np.isfinite(val)
@@ -201,20 +201,24 @@ def test_bf16_compute_is_finite_and_close():
     m32 = Transformer(cfg, rngs=nnx.Rngs(5))
     m16 = Transformer(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(5))
     tokens = _randint(5, (2, 8), 64)
-    f = jax.jit(lambda m, x: m(x, return_attn_entropy=True))
+    f = jax.jit(lambda m, x: m(x, aux=("attn_entropy",)))
     l32, a32 = f(m32, tokens)
     l16, a16 = f(m16, tokens)
-    assert l16.dtype == jnp.float32 and a16["attn_entropy"].dtype == jnp.float32
+    assert l16.dtype == jnp.float32 and a16.attn_entropy.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(l16)))
     np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), atol=5e-2)
     np.testing.assert_allclose(
-        np.asarray(a16["attn_entropy"]), np.asarray(a32["attn_entropy"]), atol=5e-2
+        np.asarray(a16.attn_entropy), np.asarray(a32.attn_entropy), atol=5e-2
     )
     cache = m16.init_cache(2, 8)
     assert cache.k[0].dtype == jnp.bfloat16
 
 
 def test_bad_inputs_raise(model):
+    with pytest.raises(ValueError, match="aux"):
+        model(jnp.zeros((1, 4), jnp.int32), aux=("attn_entropies",))
+    with pytest.raises(TypeError, match="aux"):
+        model(jnp.zeros((1, 4), jnp.int32), aux=True)
     with pytest.raises(ValueError, match="tokens"):
         model(jnp.zeros((5,), jnp.int32))
     with pytest.raises(ValueError, match="attention_mask"):

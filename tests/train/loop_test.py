@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from entropylab.models import Transformer, TransformerConfig
+from entropylab.models import ModelAux, Transformer, TransformerConfig
 from entropylab.train.data import LMBatches, SFTBatches
 from entropylab.train.loop import WALL_CLOCK_METRICS, TrainConfig, lm_loss, train
 from entropylab.train.metrics import read_jsonl
@@ -23,8 +23,8 @@ class FixedLogits(nnx.Module):
     def __init__(self, z):
         self.z = nnx.Param(jnp.asarray(z, jnp.float32))
 
-    def __call__(self, tokens, *, attention_mask=None, return_attn_entropy=False):
-        return self.z[...], {}
+    def __call__(self, tokens, *, attention_mask=None, aux=()):
+        return self.z[...], ModelAux()
 
 
 def _ref_loss(z, targets, mask):
