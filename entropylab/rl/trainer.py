@@ -23,6 +23,15 @@ One RL step (:meth:`GRPOTrainer.step`):
 Non-finite metrics after an update (``on_nonfinite``): ``"stop"`` raises ``FloatingPointError``
 naming the step and the offending metrics; ``"skip"`` keeps the previous params/optimizer state
 (the step counter advances), logs ``guard/skipped = 1`` and the names, and goes on.
+
+Preemption (:meth:`GRPOTrainer.run`): SIGTERM/SIGINT (an :class:`entropylab.runs.PreemptionGuard`)
+let the current step finish, its metrics line is written, a checkpoint is saved at that step
+boundary (also when ``checkpoint_every`` would not have saved there), and :class:`RLPreempted`
+is raised — a ``SystemExit`` with code 128 + signal number, so a script stops cleanly with the
+usual "killed by a signal" status, no traceback, and no caller mistakes the partial run for a
+finished one. Rerunning the same call resumes from that checkpoint and, because all randomness
+derives from ``(seed, step)``, writes the same ``metrics.jsonl`` and parameters as an
+uninterrupted run (``tests/rl/trainer_test.py``: a real SIGTERM in a subprocess).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from entropylab import parallel
+from entropylab import parallel, runs
 from entropylab.losses.objective import ObjectiveConfig, build_objective
 from entropylab.ops import masked_mean
 from entropylab.rl import hooks as H
@@ -60,9 +70,29 @@ from entropylab.train.checkpoint import Checkpointer, abstract_like
 from entropylab.train.metrics import MetricWriter, ProgressBar
 from entropylab.train.optim import OptimConfig, make_optimizer
 
-__all__ = ["GRPOTrainer", "RLConfig", "pass_at_k", "rl_optimizer"]
+__all__ = ["GRPOTrainer", "RLConfig", "RLPreempted", "pass_at_k", "rl_optimizer"]
 
 _NONFINITE = ("stop", "skip")
+
+
+class RLPreempted(SystemExit):
+    """:meth:`GRPOTrainer.run` stopped by SIGTERM/SIGINT after checkpointing a step boundary.
+
+    A ``SystemExit`` whose ``code`` is ``128 + signum`` (143 for SIGTERM): uncaught, the process
+    exits quietly with that status; ``except Exception`` does not swallow it. Attributes:
+    ``signum``, ``step`` (the checkpointed step; rerun to continue from it), ``checkpoint``
+    (its directory) and ``records`` (the records this call wrote).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, records: list[dict]):
+        super().__init__(runs.PREEMPTED_EXIT_CODE + signum)
+        self.signum, self.step, self.checkpoint, self.records = signum, step, checkpoint, records
+
+    def __str__(self) -> str:
+        return (
+            f"stopped by signal {self.signum} after step {self.step}; checkpoint {self.checkpoint}"
+            " (run again to resume)"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -561,7 +591,26 @@ class GRPOTrainer:
 
     # -- driver ---------------------------------------------------------------------------------
 
-    def run(self, *, resume: bool = True, progress: bool = True) -> list[dict]:
+    def run(
+        self,
+        *,
+        resume: bool = True,
+        progress: bool = True,
+        preemption: runs.PreemptionGuard | None = None,
+    ) -> list[dict]:
+        """Train to ``cfg.steps``; returns the records written by this call.
+
+        ``resume``: continue from the newest checkpoint in ``out_dir/checkpoints`` (the metrics
+        file is checked and cut back to that step). ``preemption``: the guard polled at every
+        step boundary; default: a new :class:`~entropylab.runs.PreemptionGuard` catching
+        SIGTERM/SIGINT for this call (main thread only). When a stop is requested the step in
+        flight finishes, its record is written, the state is checkpointed at that step and
+        :class:`RLPreempted` (a ``SystemExit``, code 128 + signal) is raised; the model then
+        holds the checkpointed parameters. Rerun to resume.
+        """
+        if preemption is None:
+            with runs.PreemptionGuard() as guard:
+                return self.run(resume=resume, progress=progress, preemption=guard)
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(
@@ -580,10 +629,16 @@ class GRPOTrainer:
             cfg.steps, initial=start, enabled=progress, desc=f"grpo {self.out_dir.name}"
         )
         records = []
+        stopped = None
         try:
             if start == 0 and cfg.eval_every:
                 records.append(writer.write(0, self.evaluate(self.state["params"])))
             for s in range(start, cfg.steps):
+                if preemption.requested:  # at the boundary before step s (after s's record)
+                    if ckpt.latest_step() != s:
+                        ckpt.save(s, self.state)
+                    stopped = s
+                    break
                 rec = self.step(s)
                 if cfg.eval_every and (s + 1) % cfg.eval_every == 0:
                     rec.update(self.evaluate(self.state["params"]))
@@ -595,4 +650,8 @@ class GRPOTrainer:
             writer.close()
             ckpt.close()
         nnx.update(self.model, jax.tree.map(jnp.copy, self.state["params"]))
+        if stopped is not None:
+            err = RLPreempted(preemption.signum, stopped, ckpt.directory / str(stopped), records)
+            print(f"GRPOTrainer {self.out_dir}: {err}", file=sys.stderr, flush=True)
+            raise err
         return records

@@ -1,16 +1,25 @@
-"""GRPO trainer: a smoke run writes sane metrics; a resumed run equals the uninterrupted one."""
+"""GRPO trainer: a smoke run writes sane metrics; a run stopped by SIGTERM (in a subprocess)
+checkpoints, exits with 128 + signal, and its resumed run equals the uninterrupted one."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from entropylab import runs
 from entropylab.losses.objective import ObjectiveConfig
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.rl import tasks as T
 from entropylab.rl.metrics import pass_at_k
-from entropylab.rl.trainer import GRPOTrainer, RLConfig
+from entropylab.rl.trainer import GRPOTrainer, RLConfig, RLPreempted
+from entropylab.runs import read_jsonl
 
 CFG = RLConfig(
     difficulties=(1, 2),
@@ -69,28 +78,77 @@ def test_smoke_run_metrics(full_run):
     assert (out / "checkpoints" / "4").is_dir()
 
 
-def test_resume_equals_uninterrupted(full_run, tmp_path):
-    out_full, recs_full, state_full = full_run
-    model, tok = _model()
-    # run 2 steps, "crash", then resume from the step-2 checkpoint in a fresh trainer
-    GRPOTrainer(CFG.__class__(**{**CFG.__dict__, "steps": 2}), model, tok, tmp_path).run(
-        progress=False
+# The child runs CFG and delivers a real SIGTERM to itself at the end of step index 2 (third
+# step), so the stop is deterministic (no sleep race): record 3 written, checkpoint at step 3.
+_PREEMPT_DRIVER = """
+import os, signal, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)  # as in the test process (conftest.py)
+from trainer_test import CFG, _model
+from entropylab.rl.trainer import GRPOTrainer
+real_step = GRPOTrainer.step
+def step(self, s):
+    rec = real_step(self, s)
+    if s == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return rec
+GRPOTrainer.step = step
+model, tok = _model()
+GRPOTrainer(CFG, model, tok, sys.argv[1]).run(progress=False)
+print("NOT STOPPED", flush=True)
+"""
+
+
+def test_sigterm_checkpoints_exits_and_resume_equals_uninterrupted(full_run, tmp_path):
+    """SIGTERM in a subprocess: the step finishes, its record and a checkpoint at that boundary
+    are written, the process exits with 128 + SIGTERM; the rerun (here, in this process) writes
+    a metrics file and final params equal to the uninterrupted run's, bit for bit. Steps 0-3 of
+    it come from the other process, so this is also the same-seed determinism check."""
+    out_full, _, state_full = full_run
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{here}:{here.parents[1]}")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PREEMPT_DRIVER, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    model2, _ = _model()
-    recs = GRPOTrainer(CFG, model2, tok, tmp_path).run(progress=False)
-    assert [r["step"] for r in recs] == [3, 4]
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    full = [json.loads(x) for x in (out_full / "metrics.jsonl").read_text().splitlines()]
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout + proc.stderr[-3000:]
+    assert "NOT STOPPED" not in proc.stdout and "Traceback" not in proc.stderr
+    assert "received SIGTERM" in proc.stderr and "after step 3" in proc.stderr
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+    # periodic checkpoint at 2 (checkpoint_every=2) and the preemption one at 3
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 3]
+
+    model, tok = _model()
+    handler = signal.getsignal(signal.SIGTERM)
+    recs = GRPOTrainer(CFG, model, tok, tmp_path).run(progress=False)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's guard is uninstalled
+    assert [r["step"] for r in recs] == [4]
     skip = ("time/", "perf/")
-    for a, b in zip(lines, full, strict=True):
-        for k in b:
-            if not k.startswith(skip):
-                assert a[k] == b[k], (a["step"], k)
-    state = nnx.split(model2)[1]
-    for x, y in zip(
-        __import__("jax").tree.leaves(state), __import__("jax").tree.leaves(state_full), strict=True
-    ):
+
+    def strip(path):
+        return [{k: v for k, v in r.items() if not k.startswith(skip)} for r in read_jsonl(path)]
+
+    assert strip(tmp_path / "metrics.jsonl") == strip(out_full / "metrics.jsonl")
+    for x, y in zip(jax.tree.leaves(nnx.split(model)[1]), jax.tree.leaves(state_full), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_preemption_before_a_step_saves_and_raises(tmp_path):
+    """A stop already requested (e.g. SIGINT during the step-0 eval): checkpoint at step 0,
+    RLPreempted (a SystemExit with code 128 + signal) naming the step; the handler is restored."""
+    cfg = CFG.__class__(**{**CFG.__dict__, "checkpoint_every": 0, "eval_every": 0})
+    model, tok = _model()
+    guard = runs.PreemptionGuard()
+    guard.request(signal.SIGINT)
+    with pytest.raises(RLPreempted, match="after step 0") as err:
+        GRPOTrainer(cfg, model, tok, tmp_path).run(progress=False, preemption=guard)
+    assert isinstance(err.value, SystemExit) and err.value.code == 128 + signal.SIGINT
+    assert err.value.step == 0 and err.value.records == []
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [0]
 
 
 def test_pass_at_k_reference():
