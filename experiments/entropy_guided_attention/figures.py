@@ -33,7 +33,7 @@ def _job_dirs(out) -> dict[str, list[Path]]:
     return found
 
 
-def arms(out) -> list[str]:
+def arm_names(out) -> list[str]:
     """Arms with finished jobs, in the study's order (``study.json``) when known."""
     found = _job_dirs(out)
     order = []
@@ -47,7 +47,7 @@ def load_entropy(out) -> dict[str, dict[str, np.ndarray]]:
     """``{arm: {array: mean over seeds}}`` for the arrays in :data:`ARRAYS`, plus ``n_seeds``."""
     res = {}
     dirs = _job_dirs(out)
-    for a in arms(out):
+    for a in arm_names(out):
         zs = [np.load(d / "attn_entropy.npz") for d in dirs[a]]
         res[a] = {k: np.mean([z[k] for z in zs], axis=0) for k in ARRAYS}
         res[a]["n_seeds"] = np.asarray(len(zs))
@@ -58,11 +58,11 @@ def load_results(out) -> dict[str, list[dict]]:
     """``{arm: [result dict of each seed]}`` (the job function's final numbers)."""
     dirs = _job_dirs(out)
     return {a: [json.loads((d / "result.json").read_text())["result"] for d in dirs[a]]
-            for a in arms(out)}  # fmt: skip
+            for a in arm_names(out)}  # fmt: skip
 
 
 def _pick(out, sel):
-    have = arms(out)
+    have = arm_names(out)
     if sel is None:
         return have
     missing = [a for a in sel if a not in have]
@@ -71,7 +71,7 @@ def _pick(out, sel):
     return list(sel)
 
 
-def heatmaps(out, arms_=None, *, normalised: bool = True):
+def heatmaps(out, arms=None, *, normalised: bool = True):
     """Per-layer × per-head attention entropy, one panel per arm (seed mean).
 
     ``normalised``: H/ln n in [0, 1] (``head_entropy_norm``); else raw nats (``head_entropy``).
@@ -79,7 +79,7 @@ def heatmaps(out, arms_=None, *, normalised: bool = True):
     import matplotlib.pyplot as plt
 
     data = load_entropy(out)
-    sel = _pick(out, arms_)
+    sel = _pick(out, arms)
     key = "head_entropy_norm" if normalised else "head_entropy"
     vmax = 1.0 if normalised else max(float(np.max(data[a][key])) for a in sel)
     fig, axes = plt.subplots(1, len(sel), figsize=(2.4 * len(sel) + 1, 3), squeeze=False)
@@ -95,7 +95,7 @@ def heatmaps(out, arms_=None, *, normalised: bool = True):
     return fig
 
 
-def bucket_bars(out, arms_=None, *, relative: bool = False):
+def bucket_bars(out, arms=None, *, relative: bool = False):
     """Fraction of heads per entropy quarter, per layer (stacked bars), one panel per arm.
 
     ``relative``: the paper's quarters of the maximum observed head entropy (``buckets_rel``)
@@ -104,7 +104,7 @@ def bucket_bars(out, arms_=None, *, relative: bool = False):
     import matplotlib.pyplot as plt
 
     data = load_entropy(out)
-    sel = _pick(out, arms_)
+    sel = _pick(out, arms)
     key = "buckets_rel" if relative else "buckets"
     fig, axes = plt.subplots(1, len(sel), figsize=(2.4 * len(sel) + 1, 3), squeeze=False,
                              sharey=True)  # fmt: skip
@@ -145,12 +145,12 @@ def entropy_vs_position(out, arm: str, layer: int | None = None):
     return fig
 
 
-def training_curves(out, key: str = "train/loss", arms_=None):
+def training_curves(out, key: str = "train/loss", arms=None):
     """A per-step logged ``key`` against step: one colour per arm, one line per seed."""
     import matplotlib.pyplot as plt
 
     dirs = _job_dirs(out)
-    sel = _pick(out, arms_)
+    sel = _pick(out, arms)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for c, a in enumerate(sel):
         for d in dirs[a]:

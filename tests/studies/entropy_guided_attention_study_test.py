@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from entropylab.models import TransformerConfig
-from entropylab.study import JobData, evaluate_claims
+from entropylab.study import JobData, evaluate_claims, load_jobs, update_readme
+from entropylab.study.analyse import readme_block
 from experiments.entropy_guided_attention import figures as F
 from experiments.entropy_guided_attention import study as ST
 
@@ -148,8 +149,11 @@ def test_smoke_study_runs_and_analyses(tmp_path):
     assert ST.cli(["--preset", "smoke", "run", "--out", str(out), "--quiet"]) == 0
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- study-results:begin -->\n<!-- study-results:end -->\n")
-    assert ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--no-plots", "--compress",
-                   "--readme", str(readme)]) == 0  # fmt: skip
+    with pytest.raises(SystemExit, match="2"):  # smoke numbers never go into a README
+        ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--readme", str(readme)])
+    assert "c0_gap" not in readme.read_text()
+    assert ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--no-plots",
+                   "--compress"]) == 0  # fmt: skip
     spec = ST.build_spec("smoke")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["claims"]) == {c.name for c in spec.claims} == {
@@ -157,9 +161,14 @@ def test_smoke_study_runs_and_analyses(tmp_path):
     verdicts = {k: v["verdict"] for k, v in summary["claims"].items()}
     assert set(verdicts.values()) <= {"inconclusive", "blocked"}  # n = 2 cannot decide
     assert verdicts["c6_reg_narrows_gap"] == "blocked"
-    text = readme.read_text()
-    assert "c6_reg_narrows_gap" in text and "Not run" not in text
     assert "eval/loss" in summary["arms"]["baseline"]
+    # the README block analyse writes for a real preset: every claim with its verdict
+    jobs, study = load_jobs(out)
+    results = evaluate_claims(spec.claims, jobs)
+    update_readme(readme, readme_block(spec, results, study, len(jobs)))
+    text = readme.read_text()
+    for c in spec.claims:
+        assert f"| {c.name} |" in text and results[c.name].label() in text, c.name
 
     d = out / "jobs/sm_reg/init1/seed0"
     recs = [json.loads(x) for x in __import__("gzip").open(d / "metrics.jsonl.gz", "rt")]
