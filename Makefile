@@ -17,12 +17,14 @@ $(STAMP_TEST): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP_TEST)
 
-# The main job on its tiny default: the Entropy Mechanism study (SFT warm start, then GRPO with
-# no entropy control / entropy bonus / Clip-Cov / KL-Cov, 2 seeds, one process per seed on the 2
-# cores); results and plots go to runs/entropy_mechanism/tiny/ (RESULTS.md, summary.json, *.png,
-# per-arm metrics.jsonl).
+# The main job on its quick default: the pre-registered Entropy Mechanism study
+# (experiments/entropy_mechanism/study.py, preset `quick`: 5 initialisations x {none, lr = 0},
+# SFT warm starts, 30 GRPO steps, evaluations, claim-3 probes), then its analysis: verdicts for
+# claims 1 and 3 in runs/entropy_mechanism/quick/ (RESULTS.md, summary.json, plots/). A killed run
+# resumes: finished jobs and cached warm starts are kept (runs/_warmstarts).
 run: $(STAMP)
-	$(PY) -m experiments.entropy_mechanism.run --preset tiny --out runs/entropy_mechanism/tiny
+	$(PY) -m experiments.entropy_mechanism.study run
+	$(PY) -m experiments.entropy_mechanism.study analyse
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check .

@@ -199,23 +199,20 @@ def _lm_cli(tmp, *args):
     return run.main(["--preset", "smoke", "--no-progress", *args])
 
 
-def _em_cli(tmp, *args):
-    from experiments.entropy_mechanism import run
+def _em_cli(tmp, cmd, *args):
+    from experiments.entropy_mechanism import study
 
-    return run.main(["--preset", "smoke", "--no-progress", *args])
+    return study.cli(["--preset", "smoke", cmd, *args])
 
 
-def _em_update_readme(tmp, preset):
-    from entropylab import runs
-    from experiments.entropy_mechanism import run
+def _em_update_readme(tmp, readme):
+    """A finished-looking study folder (study.json of the smoke spec), then analyse --readme."""
+    from entropylab.study import Runner
+    from experiments.entropy_mechanism import study
 
-    out = tmp / "out"
-    runs.prepare_output_dir(out, manifest=_manifest())
-    runs.atomic_write_json(out / "summary.json", {"preset": preset})
-    dest = tmp / "dest"
-    dest.mkdir()
-    (dest / "README.md").write_text("<!-- results:start -->\nold\n<!-- results:end -->\n")
-    return run.update_readme(out, dest=dest)
+    out = tmp / "o"
+    Runner(study.build_spec("smoke"), study.job, out).check_out()
+    return _em_cli(tmp, "analyse", "--out", str(out), "--no-plots", "--readme", str(readme))
 
 
 def _transformer_forward(token):
@@ -688,40 +685,44 @@ CASES = [
         raises(SystemExit, "2"),
     ),
     (
-        "cli.em --seeds 0 0",
-        lambda t: _em_cli(t, "--out", str(t / "o"), "--seeds", "0", "0"),
+        "cli.em --shard 3/2",
+        lambda t: _em_cli(t, "run", "--out", str(t / "o"), "--shard", "3/2"),
         raises(SystemExit, "2"),
     ),
     (
-        "cli.em --seeds 7",
-        lambda t: _em_cli(t, "--out", str(t / "o"), "--seeds", "7"),
+        "cli.em --shard x",
+        lambda t: _em_cli(t, "run", "--out", str(t / "o"), "--shard", "x"),
         raises(SystemExit, "2"),
     ),
     (
-        "cli.em --jobs 0",
-        lambda t: _em_cli(t, "--out", str(t / "o"), "--jobs", "0"),
+        "cli.em plan --calibration-steps 1",
+        lambda t: _em_cli(t, "plan", "--out", str(t / "o"), "--calibration-steps", "1"),
         raises(SystemExit, "2"),
     ),
-    ("cli.em --out file", lambda t: _em_cli(t, "--out", str(_file(t))), raises(SystemExit, "2")),
-    ("cli.em --out ''", lambda t: _em_cli(t, "--out", ""), raises(SystemExit, "2")),
+    (
+        "cli.em --out file",
+        lambda t: _em_cli(t, "run", "--out", str(_file(t))),
+        raises(SystemExit, "2"),
+    ),
+    ("cli.em --out ''", lambda t: _em_cli(t, "run", "--out", ""), raises(SystemExit, "2")),
     (
         "cli.em foreign dir",
-        lambda t: _em_cli(t, "--out", str(_foreign_dir(t))),
+        lambda t: _em_cli(t, "run", "--out", str(_foreign_dir(t))),
         raises(SystemExit, "2"),
     ),
     (
         "cli.em analyse empty",
-        lambda t: _em_cli(t, "--out", str(t / "o"), "--analyse-only"),
+        lambda t: _em_cli(t, "analyse", "--out", str(t / "o")),
         raises(SystemExit, "2"),
     ),
     (
-        "cli.em update-readme smoke",
-        lambda t: _em_update_readme(t, "smoke"),
-        raises(ValueError, "smoke"),
+        "cli.em analyse --readme smoke",
+        lambda t: _em_update_readme(t, _file(t, "README.md", "<!-- study-results:begin -->")),
+        raises(SystemExit, "2"),
     ),
     (
-        "cli.em update-readme missing",
-        lambda t: _em_cli(t, "--update-readme", "--out", str(t / "none")),
+        "cli.em analyse --readme missing",
+        lambda t: _em_cli(t, "analyse", "--out", str(t / "o"), "--readme", str(t / "none.md")),
         raises(SystemExit, "2"),
     ),
 ]

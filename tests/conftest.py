@@ -12,6 +12,8 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# study CLIs cache compiled programs in ~/.cache by default; the suite stays hermetic
+os.environ.setdefault("ENTROPYLAB_COMPILE_CACHE", "off")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

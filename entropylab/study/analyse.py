@@ -231,6 +231,17 @@ def analyse(
     """Verdicts for ``spec.claims`` on the run in ``out``; writes RESULTS.md, summary.json,
     ``plots/<claim>.png`` and (if ``readme``) the README's results block. Returns the summary."""
     out = Path(out)
+    if readme is not None:
+        preset = spec.config.get("preset") if isinstance(spec.config, dict) else None
+        if preset == "smoke":
+            raise ValueError(
+                f"readme: the smoke preset only checks that the code runs; its numbers never go "
+                f"into a README ({readme}). Analyse a real preset, or leave out --readme."
+            )
+        if not Path(readme).is_file():
+            raise FileNotFoundError(f"readme: {readme} does not exist")
+    if not (out / "study.json").is_file():
+        raise FileNotFoundError(f"out: {out} holds no study (no study.json); run it first")
     jobs, study = load_jobs(out)
     if study.get("config_hash") != spec.config_hash():
         raise RuntimeError(

@@ -6,6 +6,9 @@ A study script ends with ``raise SystemExit(main(SPEC, job_fn, default_out="runs
     python -m experiments.<study>.run run --shard 1/3       # one ≤ 20-minute shard (resumes)
     python -m experiments.<study>.run status                # jobs done / to do
     python -m experiments.<study>.run analyse --readme experiments/<study>/README.md --compress
+
+``run`` and ``plan`` keep compiled programs on disk (``entropylab.runs.enable_compilation_cache``;
+``ENTROPYLAB_COMPILE_CACHE=off`` disables it, a path moves it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from entropylab.runs import enable_compilation_cache, out_path
 from entropylab.study.analyse import analyse
 from entropylab.study.metrics import compress_logs
 from entropylab.study.runner import Runner, format_plan, parse_shard
@@ -47,8 +51,26 @@ def build_parser(prog: str | None = None, default_out: str | None = None):
 
 
 def main(spec, job_fn, argv=None, *, default_out: str | None = None, prog=None) -> int:
-    args = build_parser(prog, default_out).parse_args(argv)
+    parser = build_parser(prog, default_out)
+    args = parser.parse_args(argv)
+    try:
+        args.out = str(out_path(args.out))
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
+    if args.cmd in ("run", "plan"):
+        enable_compilation_cache()  # every job compiles the same programs: load them from disk
     runner = Runner(spec, job_fn, Path(args.out), allow_other_commit=args.allow_other_commit)
+    try:  # what the user can fix (paths, a foreign or mismatched --out, options): no traceback
+        if args.cmd == "run":
+            runner.check_out()
+        elif args.cmd == "plan" and args.calibration_steps < 2:
+            raise ValueError(f"--calibration-steps must be >= 2, got {args.calibration_steps}")
+        elif args.cmd == "analyse":
+            if args.compress:
+                compress_logs(Path(args.out) / "jobs")
+            summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots)
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
+        parser.exit(2, f"{parser.prog} {args.cmd}: error: {e}\n")
     if args.cmd == "run":
         ran = runner.run(shard=args.shard, resume=not args.no_resume, progress=not args.quiet)
         st = runner.status()
@@ -63,9 +85,6 @@ def main(spec, job_fn, argv=None, *, default_out: str | None = None, prog=None) 
     elif args.cmd == "status":
         print(json.dumps(runner.status(), indent=1))
     else:
-        if args.compress:
-            compress_logs(Path(args.out) / "jobs")
-        summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots)
         for name, c in summary["claims"].items():
             print(f"{name}: {c['label']}")
     sys.stdout.flush()

@@ -295,6 +295,11 @@ class Runner:
             }
         return self._ident
 
+    def check_out(self) -> dict:
+        """Refuse an output directory this study cannot run in (another study, config or
+        commit; a non-empty folder that is not a study); start the study there otherwise."""
+        return self._check_or_write_study()
+
     def _check_or_write_study(self) -> dict:
         ident = self.identity()
         path = self.out / "study.json"

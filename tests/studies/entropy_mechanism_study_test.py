@@ -92,8 +92,11 @@ def test_smoke_study_runs_and_analyses(tmp_path, monkeypatch):
     assert ST.cli(["--preset", "smoke", "run", "--out", str(out), "--quiet"]) == 0
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- study-results:begin -->\n<!-- study-results:end -->\n")
-    assert ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--no-plots",
-                   "--readme", str(readme)]) == 0  # fmt: skip
+    with pytest.raises(SystemExit, match="2"):  # smoke numbers never go into a README
+        ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--no-plots",
+                "--readme", str(readme)])  # fmt: skip
+    assert "c1_collapse" not in readme.read_text()
+    assert ST.cli(["--preset", "smoke", "analyse", "--out", str(out), "--no-plots"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     spec = ST.build_spec("smoke")
     assert set(summary["claims"]) == {c.name for c in spec.claims}
@@ -114,7 +117,7 @@ def test_smoke_study_runs_and_analyses(tmp_path, monkeypatch):
     assert {e["split"] for e in evals} == {"eval"} and {e["step"] for e in evals} == {0, 2, 4}
     lr0 = [json.loads(x) for x in (out / "jobs/lr0/init0/seed0/metrics.jsonl").open()]
     assert lr0[0]["probe/entropy"] == lr0[-1]["probe/entropy"]  # lr = 0: nothing moved
-    assert "study-results:begin" in readme.read_text() and "c1_collapse" in readme.read_text()
+    assert "c1_collapse_trend" in (out / "RESULTS.md").read_text()
 
 
 def test_eval_probe_and_train_splits_are_disjoint():
@@ -221,7 +224,10 @@ def test_full_spec_needs_the_pilot_and_pilot_never_evaluates_on_eval(tmp_path, m
     assert chosen.config["settings"]["kl_cov"] == 0.1 and chosen.config_hash() != spec.config_hash()
     kl = chosen.arm("kl_cov").objective
     assert dict(kl.policy_kwargs)["kl_cov_ratio"] == 0.1
-    assert dataclasses.replace(ST.PRESETS["pilot"]).inits == (100, 101, 102)
+    assert (
+        ST.PRESETS["pilot"].inits == (100, 101)
+        and not ST.PRESETS["pilot"].rl.measure_entropy_change
+    )
 
 
 def test_planted_effects_full_claim_set(tmp_path, monkeypatch):

@@ -170,3 +170,28 @@ def test_run_lock_refuses_a_live_holder(tmp_path):
     with runs.run_lock(tmp_path) as lock:  # stale lock is taken over
         assert lock.read_text() == str(os.getpid())
     assert not lock.exists()
+
+
+def test_compilation_cache_writes_entries_and_honours_off(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setenv(runs.COMPILE_CACHE_ENV, "off")
+    assert runs.enable_compilation_cache() is None
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        runs.enable_compilation_cache(tmp_path / "afile")
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    old = {k: getattr(jax.config, k) for k in keys}
+    try:
+        d = runs.enable_compilation_cache(tmp_path / "xla")
+        assert d == tmp_path / "xla" and d.is_dir()
+        jax.jit(lambda x: jnp.sin(x) * 3.25 + 0.5)(jnp.arange(7.0)).block_until_ready()
+        assert any(d.iterdir()), "no executable was written to the cache"
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
