@@ -39,6 +39,8 @@ from entropylab.models.layers import MLPS, NORMS, REPARAMS
 from entropylab.models.rope import RopeConfig
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+# Named mixed-precision policies: precision -> (param_dtype, dtype). See TransformerConfig.
+PRECISIONS = {"float32": ("float32", "float32"), "mixed_bfloat16": ("float32", "bfloat16")}
 # RoPE types whose formula depends on the pre-extension length (``with_rope`` requires it).
 NEEDS_ORIGINAL_LENGTH = ("entropy_abf", "yarn", "llama3", "dynamic", "longrope")
 
@@ -111,6 +113,18 @@ class TransformerConfig:
 
     ``nope_layers``: indices of layers that apply no rotary embedding (Llama-4's NoPE layers).
     ``dtype`` is the compute dtype; logits, softmax, norms' statistics and entropies are float32.
+
+    Mixed precision, one switch: ``precision="mixed_bfloat16"`` keeps the parameters (and so
+    their gradients and the optimizer state) in float32 and runs the matmuls and activations in
+    bfloat16 (``param_dtype="float32"``, ``dtype="bfloat16"``); what stays float32 whatever the
+    compute dtype: the output logits (float32 accumulation), attention scores, softmax and
+    entropy, norm statistics, the RoPE rotation, and every log-softmax / log-prob / entropy /
+    KL / loss downstream (``entropylab.logprobs`` and ``ops.fused_logprobs_and_entropy``
+    accumulate bf16 inputs in float32 and return float32). ``precision="float32"`` is the
+    all-float32 policy. ``precision=None`` (default) leaves ``param_dtype`` / ``dtype`` as given
+    (default float32 both). A named policy fixes both dtypes; passing one that disagrees raises
+    ``ValueError``; switch an existing config with :meth:`with_precision` (a plain
+    ``dataclasses.replace(cfg, precision=...)`` keeps the old, resolved dtypes and so conflicts).
     """
 
     vocab_size: int
@@ -141,8 +155,9 @@ class TransformerConfig:
     llama4_floor_scale: int = 8192
     attn_query_block: int = 64
     init_std: float = 0.02
-    param_dtype: Any = "float32"
-    dtype: Any = "float32"
+    param_dtype: Any = None
+    dtype: Any = None
+    precision: str | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -252,8 +267,27 @@ class TransformerConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
-        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))
+        self._resolve_precision()
+
+    def _resolve_precision(self):
+        """``param_dtype`` / ``dtype`` from the ``precision`` policy (see the class docstring)."""
+        if self.precision is not None and (
+            not isinstance(self.precision, str) or self.precision not in PRECISIONS
+        ):
+            raise ValueError(
+                f"precision must be None or one of {tuple(PRECISIONS)}, got {self.precision!r}"
+            )
+        policy = PRECISIONS.get(self.precision, ("float32", "float32"))
+        for name, want in zip(("param_dtype", "dtype"), policy):
+            given = getattr(self, name)
+            got = want if given is None else _dtype_name(given, name)
+            if self.precision is not None and got != want:
+                raise ValueError(
+                    f"{name}={given!r} conflicts with precision={self.precision!r} "
+                    f"(which means {name}={want!r}); pass one or the other, or switch policy "
+                    f"with cfg.with_precision(...)"
+                )
+            object.__setattr__(self, name, got)
 
     # ------------------------------------------------------------------------------------------
 
@@ -277,6 +311,11 @@ class TransformerConfig:
         norm = {"rmsnorm": d, "layernorm": 2 * d, "none": 0}[self.norm]
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * (attn + mlp + 2 * norm) + norm + emb
+
+    def with_precision(self, precision: str | None) -> TransformerConfig:
+        """Copy under the mixed-precision policy ``precision`` (both dtypes re-derived; None gives
+        the float32 default)."""
+        return dataclasses.replace(self, precision=precision, param_dtype=None, dtype=None)
 
     def linear_reparam(self, target: str) -> str:
         """The reparameterisation (``linear_norm`` or "none") of weights ``target``."""
