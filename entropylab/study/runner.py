@@ -452,8 +452,10 @@ class Runner:
         Runs job 1 for ``calibration_steps`` steps in a temp directory; per-step time = median
         of its ``time/step_s`` after the first step; fixed cost per job = its wall time minus
         the step times minus ``time/warmstart_s`` (if the job function returns it, charged once
-        per init and shard instead). Returns the prediction per shard for ``shards`` (default:
-        the fewest shards that each fit ``budget_s``).
+        per init and shard instead) minus ``time/arm_extra_s`` (if returned: work only the
+        calibrated job's arm does, e.g. extra evaluations or probes, charged to that arm's jobs
+        only). Returns the prediction per shard for ``shards`` (default: the fewest shards that
+        each fit ``budget_s``).
         """
         if calibration_steps < 2:
             raise ValueError(f"calibration_steps must be >= 2, got {calibration_steps}")
@@ -475,12 +477,18 @@ class Runner:
             raise ValueError("plan needs the job function to log 'time/step_s' on at least 2 steps")
         per_step = float(np.median(times[1:]))
         warm = float(result.get("time/warmstart_s", 0.0))
-        fixed = max(0.0, wall - float(np.sum(times)) - warm)
+        extra = float(result.get("time/arm_extra_s", 0.0))
+        fixed = max(0.0, wall - float(np.sum(times)) - warm - extra)
         all_jobs = self.spec.jobs()
 
         def predict(block: Sequence[Job]) -> float:
             inits = {j.init for j in block}
-            return len(block) * (fixed + self.spec.steps * per_step) + len(inits) * warm
+            n_arm = sum(j.arm == job.arm for j in block)
+            return (
+                len(block) * (fixed + self.spec.steps * per_step)
+                + len(inits) * warm
+                + n_arm * extra
+            )
 
         total = predict(all_jobs)
         if shards is None:
@@ -498,6 +506,8 @@ class Runner:
             "per_step_s": per_step,
             "fixed_per_job_s": fixed,
             "warmstart_per_init_s": warm,
+            "arm_extra_s": extra,
+            "arm_extra_arm": job.arm,
             "total_s": total,
             "shards": shards,
             "per_shard_s": per_shard,
@@ -513,7 +523,12 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"{plan['jobs']} jobs x {plan['steps']} steps: {plan['per_step_s']:.3g} s/step, "
         f"{plan['fixed_per_job_s']:.3g} s fixed per job, "
-        f"{plan['warmstart_per_init_s']:.3g} s warm start per init",
+        f"{plan['warmstart_per_init_s']:.3g} s warm start per init"
+        + (
+            f", {plan['arm_extra_s']:.3g} s more per job of arm {plan['arm_extra_arm']}"
+            if plan.get("arm_extra_s")
+            else ""
+        ),
         f"total {m(plan['total_s'])} on one process; {plan['shards']} shard(s):",
     ]
     for i, s in enumerate(plan["per_shard_s"], 1):

@@ -165,6 +165,16 @@ def test_plan_predicts_from_logged_step_times(tmp_path):
     assert "--shard 3/3" in format_plan(plan)
     assert not (tmp_path / "run").exists()  # calibration ran in a temp directory
 
+    def with_extra(ctx):  # 5 s of work that only the calibrated job's arm ("base") does
+        planted_job(OUTCOME, ENTROPY, 0.01)(ctx)
+        return {"time/arm_extra_s": 5.0 if ctx.arm.name == "base" else 0.0}
+
+    plan = Runner(sp, with_extra, tmp_path / "run2").plan(calibration_steps=3, budget_s=1e4)
+    # 8 jobs x 10 s + 4 "base" jobs x 5 s; the 5 s is not also charged to the other arm
+    assert plan["arm_extra_s"] == 5.0 and plan["arm_extra_arm"] == "base"
+    assert 100.0 <= plan["total_s"] < 100.0 + 8 * 2.0 and plan["shards"] == 1
+    assert "5 s more per job of arm base" in format_plan(plan)
+
 
 def test_command_line_run_status_analyse(tmp_path, capsys):
     from entropylab.study import main
