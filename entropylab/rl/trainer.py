@@ -513,6 +513,12 @@ class GRPOTrainer:
             out.update(H.EXTRAS[name](ctx))
         return out
 
+    def extras(self, rollout, rewards, problems, step: int) -> dict:
+        """The objective's per-sample extras (one provider per ``extras.*`` need) for
+        ``rollout`` with ``rewards [B]`` and one problem per row; public for
+        :mod:`entropylab.rl.replicas`, which builds the batches of K seed replicas."""
+        return self._extras(rollout, rewards, problems, step)
+
     def evaluate(self, params) -> dict:
         """pass@1 (mean over k samples at the training temperature) and pass@k, held-out set."""
         cfg = self.cfg
