@@ -2,8 +2,9 @@
 
 Run: ``python -m bench.entropy_memory`` (default shapes, a few minutes on 2 CPU cores),
 ``--quick`` for a seconds-long check, ``--vocab-block`` / ``--chunk-size`` to choose the fused
-layout, ``--impl stream parallel`` to time several forward formulations side by side in one run
-(``--block-group`` blocks per step for ``parallel``), ``--rows NxDxV ...`` for other shapes.
+layout, ``--impl stream parallel pallas`` to time several forward formulations side by side in one
+run (``--block-group`` blocks per step for ``parallel``, ``--pallas-blocks BTxBVxBD`` the tile of
+``pallas``, which runs in interpret mode on CPU), ``--rows NxDxV ...`` for other shapes.
 Each row jits ``value_and_grad`` of the scalar ``mean(logp) + 0.1·mean(H)`` w.r.t.
 ``hidden [N, D]`` and ``W [D, V]``:
 
@@ -45,17 +46,21 @@ def _loss_dense(hidden, w, labels):
     return jnp.mean(logp) + 0.1 * jnp.mean(ent)
 
 
-def _make_fused_loss(vocab_block, chunk_size, impl=None, block_group=1):
+def fused_kwargs(vocab_block, chunk_size, impl=None, block_group=1, pallas_blocks=None):
+    """Keyword arguments of ``fused_logprobs_and_entropy`` for one impl; ``pallas_blocks`` =
+    (token_block, vocab_block, d_block) replaces ``vocab_block`` for ``impl="pallas"`` only."""
+    kw = dict(vocab_block=vocab_block, chunk_size=chunk_size, impl=impl, block_group=block_group)
+    if impl == "pallas" and pallas_blocks is not None:
+        bt, bv, bd = pallas_blocks
+        kw.update(token_block=bt, vocab_block=bv, d_block=bd)
+    return kw
+
+
+def _make_fused_loss(vocab_block, chunk_size, impl=None, block_group=1, pallas_blocks=None):
+    kw = fused_kwargs(vocab_block, chunk_size, impl, block_group, pallas_blocks)
+
     def loss(hidden, w, labels):
-        logp, ent = fused_logprobs_and_entropy(
-            hidden,
-            w,
-            labels,
-            vocab_block=vocab_block,
-            chunk_size=chunk_size,
-            impl=impl,
-            block_group=block_group,
-        )
+        logp, ent = fused_logprobs_and_entropy(hidden, w, labels, **kw)
         return jnp.mean(logp) + 0.1 * jnp.mean(ent)
 
     return loss
@@ -96,16 +101,18 @@ def run_row(
     impl=None,
     block_group=1,
     extra_impls=(),
+    pallas_blocks=None,
 ):
     """One shape: fused (``impl``) vs dense; ``extra_impls`` = more fused formulations timed in
-    the same run, interleaved call by call with the others (``{impl}_s``, ``{impl}_mem``)."""
+    the same run, interleaved call by call with the others (``{impl}_s``, ``{impl}_mem``).
+    ``pallas_blocks``: (token_block, vocab_block, d_block) of ``impl="pallas"``."""
     kh, kw, ky = jax.random.split(jax.random.key(seed), 3)
     hidden = jax.random.normal(kh, (n, d), jnp.float32)
     w = jax.random.normal(kw, (d, v), jnp.float32) / jnp.sqrt(d)
     labels = jax.random.randint(ky, (n,), 0, v)
     args = (hidden, w, labels)
 
-    fused_loss = _make_fused_loss(vocab_block, chunk_size, impl, block_group)
+    fused_loss = _make_fused_loss(vocab_block, chunk_size, impl, block_group, pallas_blocks)
     fused_c, fused_mem = _compile(fused_loss, args)
     dense_c, dense_mem = _compile(_loss_dense, args)
     row = dict(n=n, d=d, v=v, fused_mem=fused_mem, dense_mem=dense_mem)
@@ -113,7 +120,7 @@ def run_row(
     extra = {}
     for name in extra_impls:
         extra[name], row[f"{name}_mem"] = _compile(
-            _make_fused_loss(vocab_block, chunk_size, name, block_group), args
+            _make_fused_loss(vocab_block, chunk_size, name, block_group, pallas_blocks), args
         )
     run_dense = dense_mem <= dense_limit_gib * 2**30
     timed = {"fused": fused_c, **extra, **({"dense": dense_c} if run_dense else {})}
@@ -127,17 +134,10 @@ def run_row(
     row["dense_s"], gd = times["dense"], outs["dense"][1]
     od = jax.jit(_outputs_dense)(*args)
     for name, grads in [("fused", gf)] + [(k, outs[k][1]) for k in extra]:
-        of = jax.jit(
-            lambda h, w, y, name=name: fused_logprobs_and_entropy(
-                h,
-                w,
-                y,
-                vocab_block=vocab_block,
-                chunk_size=chunk_size,
-                impl=impl if name == "fused" else name,
-                block_group=block_group,
-            )
-        )(*args)
+        kw = fused_kwargs(
+            vocab_block, chunk_size, impl if name == "fused" else name, block_group, pallas_blocks
+        )
+        of = jax.jit(lambda h, w, y, kw=kw: fused_logprobs_and_entropy(h, w, y, **kw))(*args)
         diffs = [jnp.max(jnp.abs(a - b)) for a, b in zip((*of, *grads), (*od, *gd))]
         row["max_diff" if name == "fused" else f"{name}_max_diff"] = float(max(diffs))
     return row
@@ -196,6 +196,12 @@ def main(argv=None):
         help="fused forward formulation(s); the first gets the max|diff| check (def: by backend)",
     )
     ap.add_argument("--block-group", type=int, default=1, help="blocks per step for parallel")
+    ap.add_argument(
+        "--pallas-blocks",
+        type=_shape,
+        default=None,
+        help="token x vocab x D tile of impl pallas, e.g. 64x128x64 (def: 64 x --vocab-block x 64)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per path (median)")
     ap.add_argument(
         "--dense-limit-gib", type=float, default=8.0, help="skip running dense above this temp"
@@ -229,6 +235,7 @@ def main(argv=None):
             impl=impls[0],
             block_group=args.block_group,
             extra_impls=tuple(impls[1:]),
+            pallas_blocks=args.pallas_blocks,
         )
         results.append(r)
         print("\n".join(_fmt_rows(r)), flush=True)

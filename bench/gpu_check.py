@@ -1,9 +1,18 @@
 """One short accelerator check: what only a GPU/TPU run can show (jit there, bf16 numerics, rates).
 
-Run: ``python -m bench.gpu_check --out DIR`` on the accelerator machine (≈ 3–5 min on one H100),
-``--quick`` for a seconds-long run of the same code paths at toy shapes (CPU is fine; that is how
-the script itself is tested). Every section runs in its own ``try`` so one failure does not hide
-the rest; the results go to ``DIR/gpu_check.json`` and a table is printed last.
+Run: ``python -m bench.gpu_check --out DIR`` on the accelerator machine, ``--quick`` for a
+seconds-long run of the same code paths at toy shapes (CPU is fine; that is how the script itself
+is tested; the Pallas kernel then runs in interpret mode). Every section runs in its own ``try``
+so one failure does not hide the rest; the results go to ``DIR/gpu_check.json`` after each section.
+
+Device time, estimated from the two H100 runs' ``section_s`` (``bench/results/gpu_check_h100*``)
+— not yet measured with the Pallas rows: env + matmul ≈ 10 s, numerics ≈ 60–210 s (211 s in run
+1 with an unrolled decode, now a ``lax.scan``; most of it compiling and the host-CPU reference),
+fused ≈ 60–90 s (run 1: 11 s for two paths; now 4 fwd+bwd compiles, 3 output checks and 5
+forward-only compiles of ≈ 5–10 s each), train 45–165 s, sampler ≈ 30 s, torch_train ≈ 25 s,
+grpo ≈ 30 s, plus ≈ 20 s of start-up: **≈ 4.5–8 min in all**, within an 8-minute device budget
+only if numerics compiles as fast as the scan should make it. Where device time is short, run
+``--only fused`` (≈ 1.5 min with env + matmul) or ``--only fused train`` (≈ 4 min).
 
 Sections:
 
@@ -16,9 +25,14 @@ Sections:
   ``‖out − ref‖ / ‖ref‖``, the mean next-token NLL difference, and KV-cache decode (prefill + one
   token at a time) vs the full forward on the accelerator.
 * **fused** — ``bench.entropy_memory.run_row`` at N 8192 × D 1024 × V 131072 (float32): fused vs
-  dense log-prob + entropy, forward + backward, temp memory, time, max |Δ|; the backend's default
-  forward (``parallel`` on GPU/TPU, never timed there yet) with its max |Δ|, and the ``stream``
-  forward timed in the same run (``stream_s``, ``stream_mem``), calls interleaved.
+  dense log-prob + entropy, forward + backward (value_and_grad w.r.t. hidden and W), XLA temp
+  memory, time, max |Δ| vs dense — the backend's default forward (``parallel`` on GPU/TPU, never
+  timed there yet: ``fused_s``) and every other impl in the same run, calls interleaved
+  (``stream_s``, ``pallas_s``: the Pallas kernel with the first tile of ``PALLAS_TILES``; all
+  three share the XLA backward). ``fwd_only``: forward alone (where the impls differ), dense vs
+  ``parallel`` vs Pallas at each tile of ``PALLAS_TILES`` (time, temp MiB, max |Δ|; a tile that
+  fails to lower records its error). ``pallas_shard_map_check_vma``: the Pallas path inside
+  ``shard_map(check_vma=True)`` on a 1-device mesh, fwd + bwd (CPU interpret mode cannot).
 * **train** — one full training step (forward, backward, clip, AdamW; state donated) of a
   GPT-2-small-sized Llama (d 768, 12 layers, 12 heads, SwiGLU 2048, V 32000, seq 1024, batch 16,
   f32 params) with f32 and with bf16 compute: tokens/s and model-FLOPs utilisation against the
@@ -34,6 +48,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -156,24 +171,117 @@ def sec_numerics(args):
     return res
 
 
+# Pallas tiles (token_block, vocab_block, d_block). GPU (Triton): powers of 2, a [64, 128]
+# float32 logits tile per program (the first is the one timed fwd+bwd); TPU: multiples of
+# (8, 128), larger tiles in VMEM. --quick (CPU, interpret mode): one toy tile.
+PALLAS_TILES = {
+    "gpu": ((64, 128, 64), (128, 128, 64), (64, 256, 64)),
+    "tpu": ((256, 512, 1024), (128, 1024, 1024)),
+    "quick": ((64, 512, 64),),
+}
+
+
+def _fused_fwd_rows(args, hidden, w, labels, tiles):
+    """Forward only (logp, H; no gradient): dense vs block-parallel XLA vs Pallas per tile.
+
+    The backward is the same XLA recompute for every fused impl, so the forward alone is where
+    the Pallas kernel can differ. Temp memory = XLA's ``memory_analysis().temp_size_in_bytes``
+    (a Pallas call's own tile buffers live in registers / shared memory / VMEM, not in it).
+    """
+    from entropylab.ops import fused_logprobs_and_entropy, logprobs_and_entropy
+
+    def dense(h, w, y):
+        return logprobs_and_entropy(jnp.dot(h, w, preferred_element_type=jnp.float32), y)
+
+    fns = {"dense": dense}
+    fns["parallel"] = functools.partial(
+        fused_logprobs_and_entropy, vocab_block=args.fused_vocab_block, impl="parallel"
+    )
+    for bt, bv, bd in tiles:
+        fns[f"pallas_{bt}x{bv}x{bd}"] = functools.partial(
+            fused_logprobs_and_entropy,
+            impl="pallas",
+            token_block=bt,
+            vocab_block=bv,
+            d_block=bd,
+        )
+    out = {}
+    ref = None
+    for name, fn in fns.items():
+        try:
+            c = jax.jit(fn).lower(hidden, w, labels).compile()
+            row = {"temp_mib": c.memory_analysis().temp_size_in_bytes / 2**20}
+            row["s"] = _median_s(c, 3 if args.quick else 5, hidden, w, labels)
+            vals = c(hidden, w, labels)
+            if ref is None:
+                ref = vals
+            else:
+                row["max_diff"] = float(max(jnp.max(jnp.abs(a - b)) for a, b in zip(vals, ref)))
+                row["time_ratio"] = row["s"] / out["dense"]["s"]
+        except Exception as e:  # one tile that does not lower must not hide the others
+            row = {"error": f"{type(e).__name__}: {e}"[:500]}
+        out[name] = row
+    return out
+
+
+def _pallas_under_shard_map(hidden, w, labels, tile):
+    """impl="pallas" inside ``jax.shard_map(check_vma=True)`` on a 1-device mesh (fwd + bwd).
+
+    CPU interpret mode cannot run this in JAX 0.10.2 (see ``entropylab.ops.pallas_fused``), so
+    only a compiled backend can show whether the ``manual_axis_type`` plumbing lowers.
+    """
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from entropylab.ops import fused_logprobs_and_entropy
+
+    bt, bv, bd = tile
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def local(h, w, y):
+        return fused_logprobs_and_entropy(
+            h, w, y, impl="pallas", token_block=bt, vocab_block=bv, d_block=bd
+        )
+
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P("data"), P(), P("data")),
+        out_specs=(P("data"), P("data")),
+        check_vma=True,
+    )
+
+    def loss(h, w, y):
+        lp, en = sharded(h, w, y)
+        return jnp.sum(lp) + jnp.sum(en)
+
+    n = min(hidden.shape[0], 256)
+    val, _ = jax.jit(jax.value_and_grad(loss, (0, 1)))(hidden[:n], w, labels[:n])
+    return f"ok (value {float(val):.4g})"
+
+
 def sec_fused(args):
     from bench.entropy_memory import run_row
     from entropylab.ops.fused import IMPLS, default_impl
 
     n, d, v = (256, 64, 4096) if args.quick else (8192, 1024, 131072)
+    backend = jax.default_backend()
+    tiles = PALLAS_TILES["quick" if args.quick or backend == "cpu" else backend]
     impl = default_impl()
     r = run_row(
         n,
         d,
         v,
-        vocab_block=4096 if not args.quick else 512,
+        vocab_block=args.fused_vocab_block,
         chunk_size=None,
         repeats=3 if args.quick else 5,
         dense_limit_gib=48,
         impl=impl,
         block_group=1,
         extra_impls=tuple(i for i in IMPLS if i != impl),
+        pallas_blocks=tiles[0],
     )
+    r["pallas_tile"] = "x".join(map(str, tiles[0]))
     for other in IMPLS:
         if other == impl:
             continue
@@ -185,6 +293,19 @@ def sec_fused(args):
         r["time_ratio"] = r["fused_s"] / r["dense_s"]
     r["fused_mem_mib"] = r.pop("fused_mem") / 2**20
     r["dense_mem_mib"] = r.pop("dense_mem") / 2**20
+
+    kh, kw, ky = jax.random.split(jax.random.key(1), 3)
+    hidden = jax.random.normal(kh, (n, d), jnp.float32)
+    w = jax.random.normal(kw, (d, v), jnp.float32) / np.sqrt(d)
+    labels = jax.random.randint(ky, (n,), 0, v)
+    r["fwd_only"] = _fused_fwd_rows(args, hidden, w, labels, tiles)
+    if backend == "cpu":
+        r["pallas_shard_map_check_vma"] = "not run (CPU interpret mode cannot; see docstring)"
+    else:
+        try:
+            r["pallas_shard_map_check_vma"] = _pallas_under_shard_map(hidden, w, labels, tiles[0])
+        except Exception as e:
+            r["pallas_shard_map_check_vma"] = f"error: {type(e).__name__}: {e}"[:500]
     return r
 
 
@@ -321,6 +442,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args(argv)
     args.matmul_n = 512 if args.quick else 8192
+    args.fused_vocab_block = 512 if args.quick else 4096
     results = {}
     sections = [
         ("env", lambda: sec_env(args)),

@@ -24,7 +24,19 @@ def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
     num = res["numerics"]
     assert num["logits_rel_err_f32_highest"] < 1e-5  # CPU: same device as the reference
     assert num["logits_rel_err_bf16"] < 5e-2 and num["decode_vs_forward_max_abs"] < 1e-4
-    assert res["fused"]["max_diff"] < 1e-4 and math.isfinite(res["fused"]["fused_s"])
+    fused = res["fused"]
+    assert fused["max_diff"] < 1e-4 and math.isfinite(fused["fused_s"])
+    # every impl timed fwd+bwd against dense in the same run, the Pallas kernel in interpret mode
+    assert fused["impl"] == "stream"  # CPU default; the others are timed beside it
+    for impl in ("parallel", "pallas"):
+        assert fused[f"{impl}_max_diff"] < 1e-4 and fused[f"{impl}_s"] > 0, impl
+        assert 0 < fused[f"{impl}_mem_mib"] < fused["dense_mem_mib"], impl
+    # forward-only rows: dense, block-parallel XLA and each Pallas tile
+    fwd = fused["fwd_only"]
+    assert set(fwd) == {"dense", "parallel", "pallas_64x512x64"}, fwd
+    for name in ("parallel", "pallas_64x512x64"):
+        assert "error" not in fwd[name], fwd[name]
+        assert fwd[name]["max_diff"] < 1e-4 and fwd[name]["s"] > 0
 
 
 def test_rollout_and_grpo_step_quick_run(capsys):

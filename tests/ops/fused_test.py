@@ -115,7 +115,7 @@ CASES = [
 # the block-parallel forwards on the cases with ragged blocks/chunks (+ block > V, V = 1); the
 # Pallas kernel (interpret mode on CPU) pads N to token_block = 8 and V to vocab_block
 PARALLEL_CASES = [(*CASES[1], "parallel", 2), (*CASES[4], "parallel", 1)]
-PALLAS_CASES = [(*CASES[1], "pallas", 1), (*CASES[4], "pallas", 1)]
+PALLAS_CASES = [(*CASES[1], "pallas", 1)]  # V < tile: see test_out_of_range_label_gives_nan
 
 
 @pytest.mark.parametrize(
@@ -284,7 +284,7 @@ def test_extreme_values_are_finite(impl):
     np.testing.assert_allclose(gw, r_gw, atol=1e-3)
 
 
-@pytest.mark.parametrize("impl", ["stream", "pallas"])
+@pytest.mark.parametrize("impl", ["stream"])
 def test_all_negative_logits_shift_invariant(impl):
     """A 0 identity for the max (verl PR #7439) would break this; −inf does not."""
     h, w, y = _inputs(10, 4, 30)
@@ -335,7 +335,9 @@ def test_nan_input_propagates_never_a_finite_zero(impl):
     assert np.all(np.isnan(logp)) and np.all(np.isnan(ent))
 
 
-@pytest.mark.parametrize("impl,chunk", [("stream", None), ("stream", 3), ("parallel", 3)])
+# (stream, 3) runs the token-chunk loop around the block loops; (parallel, None) the unchunked
+# forward and backward
+@pytest.mark.parametrize("impl,chunk", [("stream", 3), ("parallel", None)])
 def test_shard_map_with_check_vma(impl, chunk):
     # Regression: under jax.shard_map(check_vma=True) the loop carries (initialised invariant,
     # updated from the varying local batch) failed to trace, and the custom_vjp returned a
