@@ -159,6 +159,11 @@ def block_stats(h, w, y, *, temp=1.0, token_block=128, vocab_block=512, d_block=
     y = y.astype(jnp.int32)[:, None]
     stat = jax.ShapeDtypeStruct((nvt, n_pad, 1), acc, **_vma_kwargs(h, w, y))
     stat_spec = pl.BlockSpec((pl.squeezed, bt, 1), lambda i, j: (j, i, 0))
+    params = None
+    if backend == "tpu":  # no grid cell depends on another: let megacore split both axes
+        from jax.experimental.pallas import tpu as pltpu
+
+        params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
     outs = pl.pallas_call(
         kernel,
         out_shape=(stat, stat, stat, stat),
@@ -170,6 +175,7 @@ def block_stats(h, w, y, *, temp=1.0, token_block=128, vocab_block=512, d_block=
         ],
         out_specs=(stat_spec, stat_spec, stat_spec, stat_spec),
         interpret=interpret,
+        compiler_params=params,
         name="fused_entropy_block_stats",
     )(h, w, y)
     return tuple(o[:, :n, 0] for o in outs)

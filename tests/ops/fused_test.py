@@ -168,18 +168,20 @@ def test_layouts_agree():
         np.testing.assert_allclose(out[1], base[1], atol=1e-5)
 
 
-def test_no_entropy_fast_path():
+@pytest.mark.parametrize("impl", ["stream", "pallas"])  # pallas: the shared partials combine
+def test_no_entropy_fast_path(impl):
     h, w, y = _inputs(21, 8, 70)
     a, _ = _weights(21)
+    kw = dict(impl=impl, token_block=8)
     logp, ent = fused_logprobs_and_entropy(
-        h, w, y, vocab_block=16, chunk_size=8, with_entropy=False
+        h, w, y, vocab_block=16, chunk_size=8, with_entropy=False, **kw
     )
     assert ent is None
     r_logp, _, r_gh, r_gw = np_reference(h, w, y, 1.0, a, np.zeros(21))
     np.testing.assert_allclose(logp, r_logp, rtol=1e-5, atol=1e-5)
 
     def loss(h, w):
-        lp, _ = fused_logprobs_and_entropy(h, w, y, vocab_block=16, with_entropy=False)
+        lp, _ = fused_logprobs_and_entropy(h, w, y, vocab_block=16, with_entropy=False, **kw)
         return jnp.sum(a * lp)
 
     gh, gw = jax.jit(jax.grad(loss, argnums=(0, 1)))(h, w)
