@@ -184,3 +184,52 @@ def perplexity_bars(out):
     ax.set(ylabel="held-out perplexity (per byte)")
     fig.tight_layout()
     return fig
+
+
+def save_figures(out, dest=None) -> list[Path]:
+    """Draw the study's figures from ``out`` into ``dest`` (default ``<out>/plots``) as PNGs:
+    ``heatmaps.png``, ``buckets.png``, ``perplexity.png``, ``train_loss.png``,
+    ``entropy_norm.png`` (per-layer mean normalised entropy at the periodic evals, layer 0 and
+    the last layer). Returns the paths written."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from entropylab import runs
+
+    dest = Path(dest) if dest is not None else Path(out) / "plots"
+    figs = {
+        "heatmaps": heatmaps(out),
+        "buckets": bucket_bars(out),
+        "perplexity": perplexity_bars(out),
+        "train_loss": training_curves(out, "train/loss"),
+        "entropy_norm": _entropy_norm_curves(out),
+    }
+    paths = []
+    for name, fig in figs.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(runs.atomic_write_bytes(dest / f"{name}.png", buf.getvalue()))
+    return paths
+
+
+def _entropy_norm_curves(out):
+    """Per-layer mean normalised entropy (``attn/entropy_norm``) against step: first and last
+    layer, one colour per arm, one line per seed."""
+    import matplotlib.pyplot as plt
+
+    dirs = _job_dirs(out)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for c, a in enumerate(arm_names(out)):
+        for d in dirs[a]:
+            recs = [r for r in read_records(d / "metrics.jsonl") if "attn/entropy_norm" in r]
+            steps = [r["step"] for r in recs]
+            for ax, pick in zip(axes, (0, -1)):
+                ax.plot(steps, [r["attn/entropy_norm"][pick] for r in recs], color=f"C{c}",
+                        lw=0.8, alpha=0.6)  # fmt: skip
+        axes[0].plot([], [], color=f"C{c}", label=a)
+    axes[0].set(title="first layer", xlabel="step", ylabel="mean H / ln n", ylim=(0, 1.05))
+    axes[1].set(title="last layer", xlabel="step")
+    axes[0].legend(fontsize=6)
+    return fig
