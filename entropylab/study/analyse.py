@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from entropylab.study import provenance
-from entropylab.study.claims import ClaimResult, JobData, evaluate_claims, result_dict
+from entropylab.study.claims import (
+    RESULT_PREFIX,
+    ClaimResult,
+    JobData,
+    evaluate_claims,
+    job_value,
+    result_dict,
+)
 from entropylab.study.metrics import read_records
 
 BEGIN, END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
@@ -71,14 +78,20 @@ def _g(x) -> str:
 
 
 def arm_table(jobs: Sequence[JobData], arms: Sequence[str], keys: Sequence[str]) -> dict:
-    """Per arm and key: mean and sd over inits of the last logged value (seeds averaged)."""
+    """Per arm and key: mean and sd over inits of the last logged value (seeds averaged);
+    ``"result:<key>"`` keys read the job function's returned value instead."""
     out = {}
     for a in arms:
         row = {}
         for k in keys:
             per_init: dict[int, list[float]] = {}
             for j in jobs:
-                if j.arm == a and any(k in r for r in j.records):
+                if j.arm != a:
+                    continue
+                if k.startswith(RESULT_PREFIX):  # a value the job function returned
+                    if k[len(RESULT_PREFIX) :] in j.result:
+                        per_init.setdefault(j.init, []).append(job_value(j, k))
+                elif any(k in r for r in j.records):
                     per_init.setdefault(j.init, []).append(float(j.series(k)[1][-1]))
             vals = np.array([np.mean(v) for v in per_init.values()])
             if vals.size:

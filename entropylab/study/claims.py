@@ -40,6 +40,10 @@ REDUCERS = ("last", "first", "mean", "max", "min")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "blocked")
 
 
+#: ``Claim(metric="result:<key>")`` reads ``<key>`` of the dict the job function returned
+RESULT_PREFIX = "result:"
+
+
 @dataclasses.dataclass(frozen=True)
 class JobData:
     """What one finished job left: per-step records, per-problem eval outcomes, its result."""
@@ -71,7 +75,9 @@ class Claim:
     Args:
       name: short identifier (used by ``preconditions`` and in file names).
       statement: the claim in words, as the paper makes it.
-      metric: a logged per-step key (e.g. ``"eval/pass@1"``) or ``f(job: JobData) -> float``.
+      metric: a logged per-step key (e.g. ``"eval/pass@1"``), ``"result:<key>"`` (a value of
+        the dict the job function returned, e.g. ``"result:heldout/ppl"``) or
+        ``f(job: JobData) -> float``.
       reduce: how a logged key becomes one number per job: ``last``, ``first``, ``mean``, ``max``,
         ``min`` or ``mean_last:K`` (mean of the last K logged values). Ignored for ``trend``.
       test: ``superiority`` | ``non_inferiority`` | ``equivalence`` | ``trend`` | ``dose_response``.
@@ -126,6 +132,8 @@ class Claim:
             raise TypeError(f"metric must be a str or a callable, got {type(self.metric).__name__}")
         if self.test == "trend" and not isinstance(self.metric, str):
             raise TypeError("a trend claim needs a logged metric key, not a callable")
+        if self.test == "trend" and self.metric.startswith(RESULT_PREFIX):
+            raise ValueError("a trend claim needs a logged per-step key, not a 'result:' value")
         _parse_reduce(self.reduce)
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
@@ -203,9 +211,19 @@ def _parse_reduce(reduce: str) -> tuple[str, int]:
 
 
 def job_value(job: JobData, metric, reduce: str = "last") -> float:
-    """One number for a job: ``metric(job)`` or the reduced series of a logged key."""
+    """One number for a job: ``metric(job)``, ``job.result[key]`` for ``"result:<key>"`` (what
+    the job function returned), or the reduced series of a logged key."""
     if callable(metric):
         return float(metric(job))
+    if metric.startswith(RESULT_PREFIX):
+        key = metric[len(RESULT_PREFIX) :]
+        if key not in job.result:
+            raise ValueError(
+                f"metric {metric!r}: the job's result has no {key!r} (arm={job.arm!r}, "
+                f"init={job.init}, seed={job.seed}; it has {sorted(job.result)})"
+            )
+        v = job.result[key]
+        return math.nan if v is None else float(v)
     _, vals = job.series(metric)
     how, k = _parse_reduce(reduce)
     if how == "last":

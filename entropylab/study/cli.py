@@ -50,7 +50,19 @@ def build_parser(prog: str | None = None, default_out: str | None = None):
     return p
 
 
-def main(spec, job_fn, argv=None, *, default_out: str | None = None, prog=None) -> int:
+def main(
+    spec,
+    job_fn,
+    argv=None,
+    *,
+    default_out: str | None = None,
+    prog=None,
+    summary_keys=None,
+    after_analyse=None,
+) -> int:
+    """Run the command in ``argv`` for ``spec``/``job_fn``. ``summary_keys``: the per-arm table
+    of RESULTS.md / summary.json (logged keys or ``"result:<key>"``; default: the RL keys);
+    ``after_analyse(spec, out, summary)``: a study's own extra outputs after ``analyse``."""
     parser = build_parser(prog, default_out)
     args = parser.parse_args(argv)
     try:
@@ -68,7 +80,10 @@ def main(spec, job_fn, argv=None, *, default_out: str | None = None, prog=None) 
         elif args.cmd == "analyse":
             if args.compress:
                 compress_logs(Path(args.out) / "jobs")
-            summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots)
+            kw = {} if summary_keys is None else {"summary_keys": tuple(summary_keys)}
+            summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots, **kw)
+            if after_analyse is not None:
+                after_analyse(spec, Path(args.out), summary)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog} {args.cmd}: error: {e}\n")
     if args.cmd == "run":

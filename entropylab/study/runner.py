@@ -65,7 +65,9 @@ class Arm:
     ``objective``: e.g. an ``entropylab.losses.objective.ObjectiveConfig``; ``sampler_hooks``:
     ``((hook name, kwargs), ...)`` the job function applies to the sampler (e.g. a per-token
     temperature); ``extras``: anything else the job function reads (``{"random_reward": True}``,
-    ``{"learning_rate": 0.0}``). ``role`` marks controls (``"control"``) in reports.
+    ``{"learning_rate": 0.0}``); ``extras["steps"]`` (an int >= 0), if given, replaces the
+    study's ``steps`` for this arm's jobs (e.g. 0 for an arm evaluated without training), in
+    ``run`` and in ``plan``. ``role`` marks controls (``"control"``) in reports.
     """
 
     name: str
@@ -82,6 +84,14 @@ class Arm:
         for h in self.sampler_hooks:
             if not (isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str)):
                 raise ValueError(f"sampler_hooks entries must be (name, kwargs), got {h!r}")
+        st = self.extras.get("steps") if isinstance(self.extras, Mapping) else None
+        if st is not None and (isinstance(st, bool) or not isinstance(st, int) or st < 0):
+            raise ValueError(f"arm {self.name!r}: extras['steps'] must be an int >= 0, got {st!r}")
+
+    def steps_or(self, default: int) -> int:
+        """This arm's step count: ``extras["steps"]`` if given, else ``default``."""
+        st = self.extras.get("steps") if isinstance(self.extras, Mapping) else None
+        return default if st is None else int(st)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -420,7 +430,7 @@ class Runner:
             self._run_job(
                 job,
                 resume=resume,
-                steps=self.spec.steps,
+                steps=self.spec.arm(job.arm).steps_or(self.spec.steps),
                 progress=progress,
                 out=self.out,
                 shard=shard,
@@ -484,11 +494,8 @@ class Runner:
         def predict(block: Sequence[Job]) -> float:
             inits = {j.init for j in block}
             n_arm = sum(j.arm == job.arm for j in block)
-            return (
-                len(block) * (fixed + self.spec.steps * per_step)
-                + len(inits) * warm
-                + n_arm * extra
-            )
+            n_steps = sum(self.spec.arm(j.arm).steps_or(self.spec.steps) for j in block)
+            return len(block) * fixed + n_steps * per_step + len(inits) * warm + n_arm * extra
 
         total = predict(all_jobs)
         if shards is None:

@@ -196,3 +196,50 @@ def test_command_line_run_status_analyse(tmp_path, capsys):
     assert len(list((tmp_path / "run").rglob("metrics.jsonl.gz"))) == 12
     with pytest.raises(SystemExit):
         main(sp, job, ["run", "--out", out, "--shard", "3/2"])
+
+
+def test_per_arm_steps_result_metrics_and_cli_hooks(tmp_path, capsys):
+    """extras['steps'] sets an arm's step count in run and plan; 'result:<key>' claims and
+    summary keys read the job's returned dict; main forwards summary_keys / after_analyse."""
+    from entropylab.study import Claim, main
+
+    with pytest.raises(ValueError, match=r"extras\['steps'\]"):
+        Arm(name="bad", extras={"steps": -1})
+    sp = StudySpec(
+        name="mixed",
+        arms=(Arm(name="base", extras={"steps": 0}), Arm(name="treat")),
+        inits=tuple(range(6)),
+        steps=4,
+        claims=(
+            Claim(name="res", statement="treat's returned score beats base's",
+                  metric="result:score", test="superiority", arm="treat", baseline="base",
+                  effect_of_interest=0.5),
+        ),
+    )  # fmt: skip
+    seen = {}
+
+    def job(ctx):
+        seen[(ctx.arm.name, ctx.init)] = ctx.steps
+        with ctx.step_logger(0) as log:
+            for s in range(1, ctx.steps + 1):
+                log.log(s, {"time/step_s": 1.0})
+        return {"score": (2.0 if ctx.arm.name == "treat" else 0.0) + 0.01 * ctx.init}
+
+    plan = Runner(sp, job, tmp_path / "p").plan(calibration_steps=2)
+    assert 24.0 <= plan["total_s"] < 24.0 + 12 * 2.0  # 6 treat jobs x 4 steps x 1 s; base: 0
+    out, calls = tmp_path / "run", []
+    assert main(sp, job, ["run", "--out", str(out), "--quiet"]) == 0
+    assert {k: v for k, v in seen.items()} == {
+        **{("base", i): 0 for i in range(6)},
+        **{("treat", i): 4 for i in range(6)},
+    }
+    capsys.readouterr()
+    main(sp, job, ["analyse", "--out", str(out), "--no-plots"], summary_keys=["result:score"],
+         after_analyse=lambda s, o, summ: calls.append((o, summ["arms"])))  # fmt: skip
+    assert capsys.readouterr().out.strip() == "res: reproduced"
+    ((o, arms),) = calls
+    assert o == out and arms["treat"]["result:score"]["mean"] == pytest.approx(2.025)
+    assert arms["base"]["result:score"]["n"] == 6
+    with pytest.raises(ValueError, match="trend claim needs a logged"):
+        Claim(name="t", statement="x", metric="result:score", test="trend", arm="treat",
+              effect_of_interest=0.1)  # fmt: skip
