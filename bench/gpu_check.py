@@ -35,8 +35,10 @@ Sections:
   ``shard_map(check_vma=True)`` on a 1-device mesh, fwd + bwd (CPU interpret mode cannot).
 * **train** — one full training step (forward, backward, clip, AdamW; state donated) of a
   GPT-2-small-sized Llama (d 768, 12 layers, 12 heads, SwiGLU 2048, V 32000, seq 1024, batch 16,
-  f32 params) with f32 and with bf16 compute: tokens/s and model-FLOPs utilisation against the
-  bf16 matmul rate above (FLOP convention of ``bench.train_step``).
+  f32 params) under the model's precision policies ``precision="float32"`` and
+  ``"mixed_bfloat16"`` (bf16 matmuls/activations; float32 params, scores, softmax, logits and
+  loss): tokens/s and model-FLOPs utilisation against the bf16 matmul rate above (FLOP
+  convention of ``bench.train_step``).
 * **sampler** — ``make_sampler`` tokens/s on the rollout bench's model (d256, 4 layers, V64) at
   batch 64 and 512, 16 + 64 tokens, and on the d768 model (bf16) at batch 64, 128 + 128 tokens.
 * **torch_train** — the same-shape Hugging Face ``LlamaForCausalLM`` step (loss, backward, clip,
@@ -309,9 +311,16 @@ def sec_fused(args):
     return r
 
 
+# compute dtype -> the model's named mixed-precision policy (``TransformerConfig.precision``):
+# float32 params in both; "mixed_bfloat16" runs matmuls/activations in bf16 and keeps scores,
+# softmax, logits, log-probs and the loss in float32
+_PRECISION = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
 def _train_cfg(args, dtype):
+    precision = _PRECISION[dtype]
     if args.quick:
-        return TransformerConfig.smoke(dtype=dtype), 4, 64
+        return TransformerConfig.smoke(precision=precision), 4, 64
     cfg = TransformerConfig(
         vocab_size=32000,
         d_model=768,
@@ -319,7 +328,7 @@ def _train_cfg(args, dtype):
         n_heads=12,
         d_ff=2048,
         max_seq_len=1024,
-        dtype=dtype,
+        precision=precision,
     )
     return cfg, 16, 1024
 
@@ -337,6 +346,7 @@ def sec_train(args, matmul):
         s = statistics.median(ts)
         flops = model_flops_per_token(cfg, seq) * batch * seq
         out[dtype] = {
+            "precision": cfg.precision,
             "params_M": cfg.num_params / 1e6,
             "shape": f"{batch}x{seq}",
             "step_s": s,
