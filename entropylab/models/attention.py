@@ -18,6 +18,16 @@ Softmax and entropy are taken in float32 whatever the compute dtype; the entropy
 padded query that sees only padding) gets uniform weights (a finite, meaningless output) and
 H = 0, never NaN; such rows are excluded from every aggregate.
 
+Implementations (``TransformerConfig.attn_impl``, resolved per call by :func:`resolve_attn_impl`):
+``"blocked"`` is the exact path above (:func:`attend_causal` / :func:`attend`), the only one
+that returns entropies and applies the soft-cap; ``"xla"`` / ``"cudnn"`` call
+``jax.nn.dot_product_attention`` with that ``implementation`` (:func:`attend_fused`; same
+logits, mask and float32 softmax; a per-query logit scale is folded into the queries);
+``"auto"`` is ``"blocked"`` on CPU and for cached decode, and the backend's fused attention for
+the full forward on GPU (``"cudnn"`` for bf16/fp16 with head_dim ≤ 128 and divisible by 8, else
+``"xla"``) and TPU (``"xla"``). Whatever the setting, a call that asks for entropies or has a
+soft-cap takes ``"blocked"``.
+
 GQA head order follows Hugging Face ``repeat_kv``: query head h reads key/value head h // G,
 G = H / H_kv.
 
@@ -43,6 +53,56 @@ from entropylab.models.rope import apply_rope
 from entropylab.ops.entropy import attention_entropy
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+ATTN_IMPLS = ("auto", "blocked", "xla", "cudnn")
+
+
+def resolve_attn_impl(impl, *, causal, dtype, head_dim, backend=None) -> str:
+    """``"blocked"``, ``"xla"`` or ``"cudnn"`` for the setting ``impl`` (module docstring).
+
+    ``causal``: a full forward (False: cached decode); ``backend`` default
+    ``jax.default_backend()``.
+    """
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    backend = (backend or jax.default_backend()).lower()
+    if backend == "cpu" or not causal:
+        return "blocked"
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend in ("gpu", "cuda") and half and head_dim <= 128 and head_dim % 8 == 0:
+        return "cudnn"
+    return "xla"
+
+
+def attend_fused(q, k, v, *, allowed, logit_scale, causal, implementation):
+    """:func:`attend` (without entropy or soft-cap) through ``jax.nn.dot_product_attention``.
+
+    ``logit_scale`` is a Python float (passed as the op's ``scale``) or an array broadcastable
+    to ``[B, H, T]``, folded into the queries (q_hi ← c_hi·q_hi in float32, then the compute
+    dtype) with scale 1. k, v ``[B, H_kv, S, d]`` are transposed to the op's ``[B, S, H_kv, d]``
+    (in decode that is a copy of the cache per step; ``"auto"`` keeps decode on the exact path).
+    ``causal`` (query i in slot i) adds the op's causal mask on top of ``allowed``, which lets
+    cuDNN skip the masked blocks. A row with no visible key gets uniform weights, as in
+    :func:`attend` (the XLA implementation; cuDNN's is not checked here).
+    Returns ``out [B, T, H, d]``.
+    """
+    b, t, h, _ = q.shape
+    if isinstance(logit_scale, float):
+        scale = logit_scale
+    else:
+        c = jnp.broadcast_to(jnp.asarray(logit_scale, jnp.float32), (b, h, t))
+        q = (q.astype(jnp.float32) * c.transpose(0, 2, 1)[..., None]).astype(q.dtype)
+        scale = 1.0
+    return jax.nn.dot_product_attention(
+        q,
+        k.transpose(0, 2, 1, 3),
+        v.transpose(0, 2, 1, 3),
+        mask=allowed[:, None, :, :],
+        scale=scale,
+        is_causal=causal,
+        implementation=implementation,
+    )
 
 
 def attention_mask(q_slot, k_valid, num_keys):
@@ -170,6 +230,7 @@ class Attention(nnx.Module):
         self.head_dim = d
         self.softcap = cfg.attn_logit_softcap
         self.query_block = cfg.attn_query_block
+        self.impl = cfg.attn_impl
 
     def temperature(self, positions=None):
         """Softmax temperature τ, or None when not learnable.
@@ -222,19 +283,31 @@ class Attention(nnx.Module):
         ``q_scale`` ``[B, T]`` is the Entropy-ABF per-query logit scale (or None). ``causal``
         (the full forward: query i sits in slot i of the same T keys) allows the query-blocked
         :func:`attend_causal`. Returns ``(y [B, T, D], entropy [B, H, T] | None)``.
+        ``self.impl`` picks the attention implementation (module docstring).
         """
         q = self.q_proj(x)
         if self.use_rope:
             q = apply_rope(q, positions, *freqs)
         scale = jnp.full((1, 1, 1), 1.0 / math.sqrt(self.head_dim), jnp.float32)
+        per_query = False
         length = self.length_scale(positions)
         if length is not None:
-            scale = scale * length
+            scale, per_query = scale * length, True
         if q_scale is not None:
-            scale = scale * q_scale[:, None, :].astype(jnp.float32)
+            scale, per_query = scale * q_scale[:, None, :].astype(jnp.float32), True
         tau = self.temperature(positions)
         if tau is not None:
-            scale = scale / tau
+            scale, per_query = scale / tau, True
+        impl = resolve_attn_impl(self.impl, causal=causal, dtype=q.dtype, head_dim=self.head_dim)
+        if impl != "blocked" and not return_entropy and self.softcap is None:
+            kw = dict(allowed=allowed, causal=causal)
+            kw["logit_scale"] = scale if per_query else 1.0 / math.sqrt(self.head_dim)
+            if self.impl != "auto":
+                return self.o_proj(attend_fused(q, k, v, implementation=impl, **kw)), None
+            try:  # "auto": cuDNN refuses unsupported shapes while tracing; then XLA's
+                return self.o_proj(attend_fused(q, k, v, implementation=impl, **kw)), None
+            except (ValueError, NotImplementedError, RuntimeError):
+                return self.o_proj(attend_fused(q, k, v, implementation="xla", **kw)), None
         out, ent = attend_causal(
             q,
             k,

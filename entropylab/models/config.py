@@ -35,6 +35,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from entropylab.models.attention import ATTN_IMPLS
 from entropylab.models.layers import MLPS, NORMS, REPARAMS
 from entropylab.models.rope import RopeConfig
 
@@ -91,6 +92,12 @@ class TransformerConfig:
     query blocks that each read only the keys at or before their last query, skipping the fully
     masked upper-right blocks (same result; see ``models.attention.attend_causal``). All weights
     are initialised N(0, ``init_std``²); norm scales at 1.
+
+    ``attn_impl`` picks the attention implementation when no entropy is asked for and there is
+    no soft-cap: ``"blocked"`` the exact path above, ``"xla"`` / ``"cudnn"``
+    ``jax.nn.dot_product_attention`` with that implementation, ``"auto"`` (default) the exact
+    path on CPU and in cached decode and the backend's fused attention for the full forward on
+    GPU / TPU (see ``models.attention``).
 
     LayerNorm-free variants (arXiv:2501.03489): ``norm="none"``, ``mlp`` in relu / gelu /
     identity, plus ``linear_norm`` ("weight" or "spectral" normalisation of the weights named in
@@ -154,6 +161,7 @@ class TransformerConfig:
     llama4_attn_scale: float = 0.1
     llama4_floor_scale: int = 8192
     attn_query_block: int = 64
+    attn_impl: str = "auto"
     init_std: float = 0.02
     param_dtype: Any = None
     dtype: Any = None
@@ -215,6 +223,8 @@ class TransformerConfig:
             raise ValueError(
                 f"attn_query_block must be an int >= 0 (0 = off), got {self.attn_query_block!r}"
             )
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.linear_norm not in REPARAMS:
             raise ValueError(f"linear_norm must be one of {REPARAMS}, got {self.linear_norm!r}")
         targets = self.linear_norm_targets
