@@ -38,7 +38,10 @@ Sections:
   f32 params) under the model's precision policies ``precision="float32"`` and
   ``"mixed_bfloat16"`` (bf16 matmuls/activations; float32 params, scores, softmax, logits and
   loss): tokens/s and model-FLOPs utilisation against the bf16 matmul rate above (FLOP
-  convention of ``bench.train_step``).
+  convention of ``bench.train_step``). Attention is ``attn_impl="auto"`` (cuDNN fused attention
+  for the bf16 step on a GPU, XLA's ``dot_product_attention`` for f32; the resolved name is in
+  ``attn_impl``); ``--train-ab`` adds the bf16 step with the exact query-blocked attention
+  (``bfloat16_blocked``, the path of the H100 runs) for an A/B in one run (+≈ 1 min).
 * **sampler** — ``make_sampler`` tokens/s on the rollout bench's model (d256, 4 layers, V64) at
   batch 64 and 512, 16 + 64 tokens, and on the d768 model (bf16) at batch 64, 128 + 128 tokens.
 * **torch_train** — the same-shape Hugging Face ``LlamaForCausalLM`` step (loss, backward, clip,
@@ -334,19 +337,29 @@ def _train_cfg(args, dtype):
 
 
 def sec_train(args, matmul):
+    import dataclasses
+
     from bench.train_step import JaxStep, model_flops_per_token
+    from entropylab.models.attention import resolve_attn_impl
 
     out = {}
-    for dtype in ("float32", "bfloat16"):
+    rows = [("float32", "float32", "auto"), ("bfloat16", "bfloat16", "auto")]
+    if args.train_ab:  # the same bf16 step with the exact (query-blocked) attention
+        rows.append(("bfloat16_blocked", "bfloat16", "blocked"))
+    for name, dtype, attn in rows:
         cfg, batch, seq = _train_cfg(args, dtype)
+        cfg = dataclasses.replace(cfg, attn_impl=attn)
         step = JaxStep(cfg, batch, seq)
         for _ in range(2):
             step()
         ts = [step() for _ in range(3 if args.quick else 10)]
         s = statistics.median(ts)
         flops = model_flops_per_token(cfg, seq) * batch * seq
-        out[dtype] = {
+        out[name] = {
             "precision": cfg.precision,
+            "attn_impl": resolve_attn_impl(
+                cfg.attn_impl, causal=True, dtype=cfg.dtype, head_dim=cfg.head_dim
+            ),
             "params_M": cfg.num_params / 1e6,
             "shape": f"{batch}x{seq}",
             "step_s": s,
@@ -450,6 +463,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument(
+        "--train-ab",
+        action="store_true",
+        help="train: also the bf16 step with attn_impl='blocked' (+≈ 1 min of device time)",
+    )
     args = ap.parse_args(argv)
     args.matmul_n = 512 if args.quick else 8192
     args.fused_vocab_block = 512 if args.quick else 4096
