@@ -77,7 +77,8 @@ bench: $(STAMP_TEST)
 # Re-execute the notebooks (headless, on the committed study data by default) and save them with
 # their outputs, figures included; see "Notebooks" in README.md.
 notebooks: $(STAMP_TEST)
-	$(PY) notebooks/execute.py notebooks/entropy_laws.ipynb notebooks/token_entropy.ipynb
+	$(PY) notebooks/execute.py notebooks/entropy_laws.ipynb notebooks/token_entropy.ipynb \
+	  notebooks/attention_entropy.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
