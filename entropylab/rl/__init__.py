@@ -9,11 +9,14 @@ Layers (each usable alone)::
                donated, optionally sharded), make_replicated_update (seeds as vmapped replicas)
     hooks      sampler temperature hooks (HAPO) and objective extras providers
     trainer    GRPOTrainer: the host loop (sample → score → prepare → update → log/ckpt/eval)
+    replicas   ReplicatedGRPO: K seeds as replicas of the whole step (vmapped rollout, prepare
+               and update; replica k == GRPOTrainer with seed k)
 """
 
 from entropylab.rl.hooks import register_extra, register_temperature_hook
 from entropylab.rl.metrics import pass_at_k
 from entropylab.rl.protocols import PolicyModel
+from entropylab.rl.replicas import ReplicatedGRPO
 from entropylab.rl.sampling import Rollout, SamplingConfig, generate, make_sampler
 from entropylab.rl.step import (
     ADVANTAGE_ESTIMATORS,
@@ -36,6 +39,7 @@ __all__ = [
     "PolicyModel",
     "RLBatch",
     "RLConfig",
+    "ReplicatedGRPO",
     "Rollout",
     "SamplingConfig",
     "StepConfig",
