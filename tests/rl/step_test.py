@@ -99,7 +99,9 @@ def test_sharded_eight_devices_equals_one_device():
     mesh = parallel.make_mesh(parallel.MeshConfig(data=8))
     eight = S.make_update(objective, tx, gd, rest, cfg, mesh=mesh)
     key = jax.random.key(3)
-    s1, s8 = _copy(state), _copy(state)  # each run carries its own state from step to step
+    s1 = _copy(state)  # each run carries its own state from step to step
+    # placed as the trainer does (an unplaced first state compiles the update a second time)
+    s8 = jax.device_put(_copy(state), S.state_shardings(state, mesh))
     kl_coefs = []
     for i in range(3):
         batch = _batch(i)
