@@ -29,7 +29,7 @@ from entropylab.rl.step import (
     register_advantage_estimator,
 )
 from entropylab.rl.tasks import TASKS, CharTokenizer, encode_fixed, make_task, score
-from entropylab.rl.trainer import GRPOTrainer, RLConfig, rl_optimizer
+from entropylab.rl.trainer import GRPOTrainer, RLConfig, RLPreempted, rl_optimizer
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -39,6 +39,7 @@ __all__ = [
     "PolicyModel",
     "RLBatch",
     "RLConfig",
+    "RLPreempted",
     "ReplicatedGRPO",
     "Rollout",
     "SamplingConfig",
