@@ -1,10 +1,14 @@
-"""One process of the localhost multi-process LM test (run by tests/distributed_test.py).
+"""One process of the localhost multi-process test (run by tests/distributed_test.py).
 
 Usage: python tests/dist_lm_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
-Each process has 2 CPU devices; the mesh spans all processes (data = -1).
+Each process has 2 CPU devices; the meshes span all processes (data = -1). In one start-up (the
+expensive part): the LM run (3 steps + a joint checkpoint), then the sharded RL update step
+(``dist_util.rl_run``: each process feeds its own rows); process 0 writes ``history.json`` and
+``rl.pkl`` (per step: metrics, statistics, state as NumPy).
 """
 
 import json
+import pickle
 import sys
 
 import jax
@@ -20,8 +24,9 @@ distributed.initialize(
     )
 )
 
-from dist_util import lm_setup  # noqa: E402
+from dist_util import lm_setup, rl_run  # noqa: E402
 
+from entropylab import parallel  # noqa: E402
 from entropylab.train import train  # noqa: E402
 
 assert jax.process_count() == nproc and len(jax.devices()) == 2 * nproc
@@ -30,4 +35,9 @@ result = train(model, batches, cfg, workdir=out)
 if distributed.is_main_process():
     with open(f"{out}/history.json", "w") as f:
         json.dump(result.history, f)
+
+rl = rl_run(parallel.make_mesh(parallel.MeshConfig(data=-1)))
+if distributed.is_main_process():
+    with open(f"{out}/rl.pkl", "wb") as f:
+        pickle.dump(rl, f)
 print(f"process {pid}: done", flush=True)

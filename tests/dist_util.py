@@ -216,3 +216,112 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+# ---- multi-process RL step helpers (tests/distributed_test.py) --------------------------------
+
+RL_STEPS = 2
+
+
+def rl_setup():
+    """The sharded RL step of tests/distributed_test.py: ``(update_args, state, batches)``.
+
+    ``update_args = (objective, tx, graphdef, rest, step_cfg)`` for
+    :func:`entropylab.rl.step.make_update`; ``state`` the initial step state; ``batches`` a list
+    of ``RL_STEPS`` host (NumPy) :class:`~entropylab.rl.step.RLBatch` es of 16 rows, identical in
+    every process. The objective has batch-global statistics and component state that are
+    continuous in the params (adaptive KL controller: pooled sequence KL; adaptive entropy
+    coefficient: global token-mean entropy; token-mean aggregation), so runs that differ only by
+    float rounding stay together over several steps. 2 epochs x 2 minibatches per step.
+    """
+    import dataclasses
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from entropylab.losses.objective import ObjectiveConfig, build_objective
+    from entropylab.models import Transformer, TransformerConfig
+    from entropylab.rl import step as S
+    from entropylab.rl.trainer import RLConfig, rl_optimizer
+
+    v, p, n, b = 24, 4, 5, 16
+    mcfg = dataclasses.replace(TransformerConfig.smoke(vocab_size=v, max_seq_len=16), n_layers=1)
+    graphdef, params, rest = nnx.split(Transformer(mcfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    objective = build_objective(
+        ObjectiveConfig(
+            kl_controller="adaptive",
+            kl_coef=0.05,
+            regularizers=(("adaptive_entropy", {"target": 4.0}),),
+        )
+    )
+    tx = rl_optimizer(RLConfig(learning_rate=1e-2, steps=RL_STEPS))
+    cfg = S.StepConfig(prompt_width=p, epochs=2, minibatches=2, group_size=4, learning_rate=1e-2)
+    state = {
+        "params": params,
+        "opt_state": tx.init(params),
+        "obj_state": objective.init_state(),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    batches = []
+    for seed in range(RL_STEPS):
+        rng = np.random.default_rng(seed)
+        tokens = rng.integers(3, v, (b, p + n)).astype(np.int32)
+        pmask = np.ones((b, p), bool)
+        pmask[::3, 0] = False  # some left padding
+        rmask = np.arange(n)[None, :] < rng.integers(1, n + 1, b)[:, None]
+        rewards = rng.integers(0, 2, b).astype(np.float32)
+        adv = np.asarray(S.compute_advantages(rewards, rmask, group_size=4))
+        batches.append(
+            S.RLBatch(
+                tokens=tokens,
+                mask=np.concatenate([pmask, rmask], 1),
+                response_mask=rmask,
+                advantages=adv,
+                old_entropy=rng.uniform(0.5, 2.0, (b, n)).astype(np.float32),
+                sample_logp=-rng.uniform(0.5, 3.0, (b, n)).astype(np.float32),
+                rewards=rewards,
+                group_ids=np.arange(b, dtype=np.int32) // 4,
+                ref_logp=-rng.uniform(0.5, 3.0, (b, n)).astype(np.float32),
+            )
+        )
+    return (objective, tx, graphdef, rest, cfg), state, batches
+
+
+def rl_run(mesh=None):
+    """``RL_STEPS`` updates of :func:`rl_setup`; returns ``[(metrics, stats, state)]`` per step as
+    NumPy pytrees. With ``mesh`` (it may span processes) the update is sharded over it and each
+    process feeds only its own rows of every batch (``make_array_from_process_local_data``)."""
+    from jax.experimental import multihost_utils
+
+    from entropylab import parallel
+    from entropylab.rl import step as S
+
+    args, state, batches = rl_setup()
+    update = S.make_update(*args, mesh=mesh, donate=mesh is not None)
+    key = jax.random.key(3)
+    if mesh is not None:
+        state = jax.device_put(state, S.state_shardings(state, mesh))
+        # a typed key cannot be device_put onto devices of other processes; its raw data can
+        key_data = jax.device_put(jax.random.key_data(key), parallel.replicated(mesh))
+        key = jax.random.wrap_key_data(key_data)
+
+    def host(tree):
+        if mesh is None:
+            return jax.device_get(tree)
+        return jax.tree.map(
+            lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree
+        )
+
+    def place(x):
+        if mesh is None:
+            return jnp.asarray(x)
+        rows = parallel.process_rows(x.shape[0], mesh)  # this process's rows only
+        return jax.make_array_from_process_local_data(
+            parallel.batch_sharding(mesh), x[rows], x.shape
+        )
+
+    out = []
+    for batch in batches:
+        state, metrics, stats = update(state, jax.tree.map(place, batch), key)
+        out.append(host((metrics, stats, state)))
+    return out
