@@ -10,6 +10,8 @@
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # study CLIs cache compiled programs in ~/.cache by default; the suite stays hermetic
@@ -48,6 +50,28 @@ _HEAVY_FIRST = (
     "tests/bench/",
     "tests/notebooks/",
 )
+
+
+def pytest_configure(config):
+    """One compilation cache for the whole run, shared by the xdist workers (they inherit the
+    controller's environment): programs that several files compile identically (the smoke
+    model's sampler, update and evaluation) compile once. A fresh temporary folder per run, so
+    nothing carries over between runs; ``ENTROPYLAB_TEST_XLA_CACHE=off`` disables it."""
+    d = os.environ.get("ENTROPYLAB_TEST_XLA_CACHE")
+    if d is None and not hasattr(config, "workerinput"):
+        d = tempfile.mkdtemp(prefix="entropylab-test-xla-")
+        os.environ["ENTROPYLAB_TEST_XLA_CACHE"] = d
+        config._entropylab_xla_cache = d
+    if d and d != "off":
+        from entropylab.runs import enable_compilation_cache
+
+        enable_compilation_cache(d)
+
+
+def pytest_unconfigure(config):
+    d = getattr(config, "_entropylab_xla_cache", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,10 +19,14 @@ of states (selection-split prompts with their reference answers, teacher-forced)
 also evaluates the warm start at several temperatures (the temperature-sharpening frontier) and
 runs the claim-3 probes (``probes.py``) at the warm start and at the end.
 
-Resume: finished jobs are skipped by the runner; a job interrupted mid-way restarts from step 0
-when its shard is rerun (its logs are rewritten; the warm start comes from the cache), since a
-job is minutes long. ``lr0`` never updates: its per-step records are rollouts of the warm start
-on the same problems and keys as the other arms (``RLConfig`` refuses a zero learning rate).
+Resume: finished jobs are skipped by the runner. A job checkpoints its trainer state (params,
+optimizer and component state, step; orbax, newest only) at every evaluation step; a job
+interrupted mid-way (a kill, a preemption, a crash) continues from its newest checkpoint when its
+shard is rerun, with its logs cut back to that step, and reproduces the uninterrupted job
+exactly (tested). The checkpoint is deleted when the job finishes. ``lr0`` never updates: its
+per-step records are rollouts of the warm start on the same problems and keys as the other arms
+(``RLConfig`` refuses a zero learning rate). ``random_reward`` draws each step's rewards from a
+generator seeded by (data seed, step), so a resumed job draws the same ones.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,6 +63,7 @@ from entropylab.study import (
     make_splits,
 )
 from entropylab.study.warmstart import WarmStartCache, WarmStartKey
+from entropylab.train.checkpoint import Checkpointer, abstract_like
 from experiments.entropy_mechanism import probes as PR
 
 HERE = Path(__file__).parent
@@ -403,11 +409,17 @@ def build_spec(preset: str) -> StudySpec:
 
 
 class RandomRewardTask:
-    """A task whose verifier returns Bernoulli(0.5) rewards, independent of the answer."""
+    """A task whose verifier returns Bernoulli(0.5) rewards, independent of the answer.
+
+    ``at_step(s)`` reseeds the draws from (seed, s), so a resumed run sees the same rewards."""
 
     def __init__(self, task, seed: int):
-        self.task, self.rng = task, np.random.default_rng(seed)
+        self.task, self.seed = task, int(seed)
+        self.rng = np.random.default_rng(seed)
         self.name = getattr(task, "name", "task")
+
+    def at_step(self, step: int) -> None:
+        self.rng = np.random.default_rng([self.seed, int(step)])
 
     def sample(self, rng, n, difficulties):
         return self.task.sample(rng, n, difficulties)
@@ -416,7 +428,7 @@ class RandomRewardTask:
         return float(self.rng.random() < 0.5)
 
     def __getattr__(self, attr):
-        if attr in ("task", "rng"):
+        if attr in ("task", "rng", "seed"):
             raise AttributeError(attr)
         return getattr(self.task, attr)
 
@@ -580,26 +592,41 @@ def job(ctx) -> dict:
             "probe/entropy": probe_entropy(params),
         }
 
+    ckpt_dir = ctx.dir(seed) / "checkpoints"
+    ckpt = Checkpointer(ckpt_dir, save_every=P.eval_every, keep=1)
+    start = 0
+    if ctx.resume and ckpt.latest_step() is not None:  # an interrupted job: continue it
+        trainer.state, _ = ckpt.restore(abstract_like(trainer.state))
+        start = int(ckpt.latest_step())
+    resume_step = start if start else None  # no checkpoint: the logs are cut to nothing
     bar = ctx.bar(seed, fields={"rollout/entropy": "H", "reward/acc": "acc",
                                 "eval/pass@1": "pass@1"})  # fmt: skip
-    with ctx.step_logger(seed) as log, ctx.eval_log(seed) as elog:
-        params = trainer.state["params"]
-        rec0 = evaluate(0, params, elog)
-        extra_s = 0.0  # frontier + claim-3 probes: arm none only (plan charges them to it alone)
-        if is_none:
-            t_extra = time.perf_counter()
-            fh, fp = [], []
-            for temp in P.temperatures:
-                c, e = ev.evaluate(params, temperature=temp)
-                fh.append(e)
-                fp.append(float(np.mean(c / P.eval_n)))
-            rec0 |= {"frontier/entropy": fh, "frontier/pass1": fp,
-                     "frontier/temperature": list(P.temperatures)}  # fmt: skip
-            rec0 |= _claim3(trainer, P, 0, probe, ctx.init)
-            extra_s += time.perf_counter() - t_extra
-        log.log(0, rec0)
-        for s in range(ctx.steps):
+    if start:
+        bar.update(start)
+    extra_s = 0.0  # frontier + claim-3 probes: arm none only (plan charges them to it alone)
+    with (
+        ctx.step_logger(seed, resume_step=resume_step) as log,
+        ctx.eval_log(seed, resume_step=resume_step) as elog,
+    ):
+        if start == 0:
+            params = trainer.state["params"]
+            rec0 = evaluate(0, params, elog)
+            if is_none:
+                t_extra = time.perf_counter()
+                fh, fp = [], []
+                for temp in P.temperatures:
+                    c, e = ev.evaluate(params, temperature=temp)
+                    fh.append(e)
+                    fp.append(float(np.mean(c / P.eval_n)))
+                rec0 |= {"frontier/entropy": fh, "frontier/pass1": fp,
+                         "frontier/temperature": list(P.temperatures)}  # fmt: skip
+                rec0 |= _claim3(trainer, P, 0, probe, ctx.init)
+                extra_s += time.perf_counter() - t_extra
+            log.log(0, rec0)
+        for s in range(start, ctx.steps):
             t_step = time.perf_counter()
+            if isinstance(trainer.task, RandomRewardTask):
+                trainer.task.at_step(s)
             rec = _lr0_step(trainer, s) if ex.get("lr0") else from_trainer_record(trainer.step(s))
             rec["time/step_s"] = time.perf_counter() - t_step
             if "activity/selected_frac" in rec and "response/length" in rec:
@@ -613,7 +640,11 @@ def job(ctx) -> dict:
                 rec |= _claim3(trainer, P, s + 1, probe, ctx.init + 1)
                 extra_s += time.perf_counter() - t_extra
             log.log(s + 1, {k: v for k, v in rec.items() if not isinstance(v, str)})
+            if s + 1 < ctx.steps:  # logged first, then saved: a checkpoint never runs ahead
+                ckpt.maybe_save(s + 1, trainer.state)
             bar.update(1, rec)
+    ckpt.close()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the job is done: its result is the logs
     return {"time/warmstart_s": warm_s, "time/arm_extra_s": extra_s,
             "warmstart/param_hash": ws.param_hash,
             "warmstart/cached": ws.cached}  # fmt: skip

@@ -120,6 +120,43 @@ def test_smoke_study_runs_and_analyses(tmp_path, monkeypatch):
     assert "c1_collapse_trend" in (out / "RESULTS.md").read_text()
 
 
+def test_interrupted_job_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
+    """A job killed mid-way continues from its newest checkpoint (step 2 of 4) and writes the
+    same logs as an uninterrupted job; random_reward's draws are reseeded per step."""
+    from entropylab.study import Runner
+
+    monkeypatch.setenv("ENTROPYLAB_WARMSTARTS", str(tmp_path / "ws"))
+    base = ST.build_spec("smoke")
+    arm = ST.make_arm("random_reward", base.config["settings"])
+    spec = dataclasses.replace(base, name="em_resume", arms=(arm,), inits=(0,), claims=())
+    Runner(spec, ST.job, tmp_path / "a").run(progress=False)
+    real_step = ST.GRPOTrainer.step
+
+    def killed_at_3(self, s):
+        if s == 3:
+            raise RuntimeError("killed")
+        return real_step(self, s)
+
+    monkeypatch.setattr(ST.GRPOTrainer, "step", killed_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        Runner(spec, ST.job, tmp_path / "b").run(progress=False)
+    job_b = tmp_path / "b/jobs/random_reward/init0/seed0"
+    assert (job_b / "checkpoints").is_dir() and not (job_b / "result.json").exists()
+    assert [json.loads(x)["step"] for x in (job_b / "metrics.jsonl").open()] == [0, 1, 2, 3]
+    monkeypatch.setattr(ST.GRPOTrainer, "step", real_step)
+    Runner(spec, ST.job, tmp_path / "b").run(progress=False)
+
+    def logs(d, name):
+        rows = [json.loads(x) for x in (d / name).open()]
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+    job_a = tmp_path / "a/jobs/random_reward/init0/seed0"
+    assert [r["step"] for r in logs(job_b, "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    assert logs(job_b, "metrics.jsonl") == logs(job_a, "metrics.jsonl")
+    assert logs(job_b, "evals.jsonl") == logs(job_a, "evals.jsonl")
+    assert not (job_b / "checkpoints").exists() and (job_b / "result.json").exists()
+
+
 def test_eval_probe_and_train_splits_are_disjoint():
     from entropylab.rl import tasks as T
     from entropylab.study import make_splits, split_of
