@@ -21,7 +21,8 @@ $(STAMP_TEST): $(STAMP) pyproject.toml
 # (experiments/entropy_mechanism/study.py, preset `quick`: 5 initialisations x {none, lr = 0},
 # SFT warm starts, 30 GRPO steps, evaluations, claim-3 probes), then its analysis: verdicts for
 # claims 1 and 3 in runs/entropy_mechanism/quick/ (RESULTS.md, summary.json, plots/). A killed run
-# resumes: finished jobs and cached warm starts are kept (runs/_warmstarts).
+# resumes: finished jobs and cached warm starts (runs/_warmstarts) are kept, the interrupted job
+# continues from its last checkpoint.
 run: $(STAMP)
 	$(PY) -m experiments.entropy_mechanism.study run
 	$(PY) -m experiments.entropy_mechanism.study analyse
