@@ -25,10 +25,13 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from entropylab.runs import MetricsGapError
 
 STEP_SCHEMA: dict[str, str] = {
     "rollout/entropy": "token-mean policy entropy of the step's T = 1 rollouts (nats)",
@@ -138,14 +141,21 @@ def read_records(path) -> list[dict]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # an interrupted writer's last line
+            if i == len(lines) - 1:  # an interrupted writer's last line
+                warnings.warn(f"{p}: dropped a torn last line ({i + 1})", stacklevel=2)
+                break
             raise ValueError(f"{p}: line {i + 1} is not JSON") from None
     return out
 
 
 class JsonlLog:
-    """Append-only JSONL with resume: records after ``resume_step`` are dropped on open."""
+    """Append-only JSONL with resume: records after ``resume_step`` are dropped on open.
+
+    ``require_through``: on resume, the kept records must reach ``resume_step`` (a per-step log
+    that ends before the restored checkpoint would lose history: :class:`MetricsGapError`,
+    raised before the file is touched)."""
+
+    require_through = False
 
     def __init__(self, path, *, resume_step: int | None = None):
         self.path = Path(path)
@@ -155,6 +165,15 @@ class JsonlLog:
         kept = []
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_records(self.path) if r["step"] <= resume_step]
+        if resume_step is not None and self.require_through:
+            last = kept[-1]["step"] if kept else None
+            if last != resume_step:
+                raise MetricsGapError(
+                    f"{self.path} ends at step {last}, before the restored step {resume_step}: "
+                    "resuming would lose the history between (start the job again instead)",
+                    path=self.path,
+                    last_step=last,
+                )
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         with os.fdopen(fd, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -178,10 +197,13 @@ class JsonlLog:
 
 class StepLogger(JsonlLog):
     """Per-step metrics in the schema; steps strictly increase; optional TensorBoard mirror.
+    On resume the log must reach the restored step (``MetricsGapError`` otherwise).
 
     ``tensorboard``: ``False`` (default) never; ``True`` requires ``tensorboardX`` (imported
     here, lazily: a study that does not ask for it never imports it).
     """
+
+    require_through = True
 
     def __init__(self, path, *, resume_step: int | None = None, tensorboard: bool = False):
         super().__init__(path, resume_step=resume_step)

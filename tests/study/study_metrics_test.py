@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from entropylab.runs import MetricsGapError
 from entropylab.study import (
     EvalLog,
     Progress,
@@ -59,8 +60,13 @@ def test_step_logger_resume_and_order(tmp_path):
             log.log(5, {"reward/acc": 0.0})
     with open(p, "a") as f:
         f.write('{"step": 6, "rew')  # torn last line of a killed writer
-    assert [r["step"] for r in read_records(p)] == [1, 2, 3, 4, 5]
-    with StepLogger(p, resume_step=3) as log:
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert [r["step"] for r in read_records(p)] == [1, 2, 3, 4, 5]
+    before = p.read_bytes()
+    with pytest.warns(UserWarning), pytest.raises(MetricsGapError, match="restored step 7"):
+        StepLogger(p, resume_step=7)  # a checkpoint ahead of the log: history would be lost
+    assert p.read_bytes() == before  # refused before the file was touched
+    with pytest.warns(UserWarning, match="torn"), StepLogger(p, resume_step=3) as log:
         assert log.last_step == 3
         log.log(4, {"reward/acc": 0.9})
     recs = read_records(p)
