@@ -118,10 +118,13 @@ def run_row(
     row = dict(n=n, d=d, v=v, fused_mem=fused_mem, dense_mem=dense_mem)
     row["impl"] = impl or default_impl()
     extra = {}
-    for name in extra_impls:
-        extra[name], row[f"{name}_mem"] = _compile(
-            _make_fused_loss(vocab_block, chunk_size, name, block_group, pallas_blocks), args
-        )
+    for name in extra_impls:  # one impl that fails to compile must not cost the others' rows
+        try:
+            extra[name], row[f"{name}_mem"] = _compile(
+                _make_fused_loss(vocab_block, chunk_size, name, block_group, pallas_blocks), args
+            )
+        except Exception as e:  # recorded in the row, e.g. a kernel the backend cannot lower
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
     run_dense = dense_mem <= dense_limit_gib * 2**30
     timed = {"fused": fused_c, **extra, **({"dense": dense_c} if run_dense else {})}
     times, outs = _interleaved_times(timed, args, repeats)

@@ -5,8 +5,10 @@ seconds-long run of the same code paths at toy shapes (CPU is fine; that is how 
 is tested; the Pallas kernel then runs in interpret mode). Every section runs in its own ``try``
 so one failure does not hide the rest; the results go to ``DIR/gpu_check.json`` after each section.
 
-Device time, estimated from the two H100 runs' ``section_s`` (``bench/results/gpu_check_h100*``)
-— not yet measured with the Pallas rows: env + matmul ≈ 10 s, numerics ≈ 60–210 s (211 s in run
+Device time measured on an H200 (2026-11-29, ``bench/results/gpu_check_h200.json``): fused with
+the Pallas rows 26.5 s, train with ``--train-ab`` 109 s, sampler 41 s, torch_train 27 s, grpo 23 s
+(~210 s for ``--only fused train sampler torch_train grpo --train-ab`` plus ~30 s machine start).
+Estimated earlier from the two H100 runs: env + matmul ≈ 10 s, numerics ≈ 60–210 s (211 s in run
 1 with an unrolled decode, now a ``lax.scan``; most of it compiling and the host-CPU reference),
 fused ≈ 60–90 s (run 1: 11 s for two paths; now 4 fwd+bwd compiles, 3 output checks and 5
 forward-only compiles of ≈ 5–10 s each), train 45–165 s, sampler ≈ 30 s, torch_train ≈ 25 s,
@@ -288,7 +290,7 @@ def sec_fused(args):
     )
     r["pallas_tile"] = "x".join(map(str, tiles[0]))
     for other in IMPLS:
-        if other == impl:
+        if other == impl or f"{other}_mem" not in r:  # not compiled: its error is in the row
             continue
         r[f"{other}_mem_mib"] = r.pop(f"{other}_mem") / 2**20
         if r.get("dense_s"):
@@ -448,6 +450,59 @@ def sec_sampler(args):
     return out
 
 
+def sec_attention(args):
+    """Fused attention (``attn_impl`` xla / cudnn) against the exact blocked path, bf16 model.
+
+    A left-padded batch (row r has r·T/8 padding tokens; RL prompts are left-padded, and padded
+    queries see no valid key), the same float32 params for every impl: logits on valid positions
+    (relative error vs ``blocked``; ``blocked`` in float32 as the scale of bf16 error), how many
+    logits / gradient entries are non-finite anywhere (padded rows included: a NaN there reaches
+    the gradient even when the loss masks it), and the gradient of the masked NLL (relative
+    error of the flattened gradient vs ``blocked``).
+    """
+    b, t = (4, 32) if args.quick else (8, 512)
+    tokens = jax.random.randint(jax.random.key(3), (b, t), 0, 256 if args.quick else 4096)
+    n_pad = (np.arange(b) * t) // 8
+    mask = jnp.asarray(np.arange(t)[None, :] >= n_pad[:, None])
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    valid = np.asarray(mask[:, 1:] & mask[:, :-1])
+    state = nnx.split(Transformer(_model_cfg(args), rngs=nnx.Rngs(0)))[1]
+
+    def run(precision, impl):
+        gd = nnx.split(
+            Transformer(_model_cfg(args, precision=precision, attn_impl=impl), rngs=nnx.Rngs(0))
+        )[0]
+
+        def loss(st):
+            logits = forward(gd, st, tokens, positions=positions, attention_mask=mask)[0]
+            lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+            nll = -jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+            return jnp.sum(jnp.where(valid, nll, 0.0)) / valid.sum(), logits
+
+        (_, logits), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+        flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(g)])
+        return np.asarray(logits, np.float64), flat
+
+    ref_logits, ref_g = run("mixed_bfloat16", "blocked")
+    out = {"shape": f"{b}x{t}", "pad_rows": n_pad.tolist()}
+    sel = np.asarray(mask)
+    rows = [("float32", "blocked")] + [("mixed_bfloat16", i) for i in ("xla", "cudnn")]
+    for precision, impl in rows:
+        name = f"{impl}_f32" if precision == "float32" else impl
+        try:
+            logits, g = run(precision, impl)
+        except Exception as e:  # e.g. cuDNN on a CPU, or a shape cuDNN refuses
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            continue
+        out[name] = {
+            "logits_rel_err_valid": _rel(logits[sel], ref_logits[sel]),
+            "nonfinite_logits": int((~np.isfinite(logits)).sum()),
+            "grad_rel_err": _rel(g, ref_g),
+            "nonfinite_grads": int((~np.isfinite(g)).sum()),
+        }
+    return out
+
+
 def sec_grpo(args):
     from bench.grpo_step import our_step_times
 
@@ -481,6 +536,7 @@ def main(argv=None):
         ("sampler", lambda: sec_sampler(args)),
         ("torch_train", lambda: sec_torch_train(args, results["matmul"])),
         ("grpo", lambda: sec_grpo(args)),
+        ("attention", lambda: sec_attention(args)),
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ def test_train_step_quick_runs():
 
 
 def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
-    res = gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "numerics", "fused"])
+    res = gpu_check.main(
+        ["--quick", "--out", str(tmp_path), "--only", "numerics", "fused", "attention"]
+    )
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     for name in ("env", "matmul", "numerics", "fused"):
         assert "error" not in res[name], res[name]
@@ -37,6 +39,13 @@ def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
     for name in ("parallel", "pallas_64x512x64"):
         assert "error" not in fwd[name], fwd[name]
         assert fwd[name]["max_diff"] < 1e-4 and fwd[name]["s"] > 0
+    # fused attention vs the exact path on a left-padded batch; no cuDNN on a CPU (recorded)
+    att = res["attention"]
+    assert att["pad_rows"] == [0, 4, 8, 12]
+    assert att["xla"]["logits_rel_err_valid"] < 1e-3 and att["xla"]["grad_rel_err"] < 1e-3
+    assert att["xla"]["nonfinite_logits"] == att["xla"]["nonfinite_grads"] == 0
+    assert 1e-4 < att["blocked_f32"]["logits_rel_err_valid"] < 5e-2  # bf16 vs f32 compute
+    assert "error" in att["cudnn"]
 
 
 def test_rollout_and_grpo_step_quick_run(capsys):

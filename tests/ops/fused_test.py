@@ -475,6 +475,44 @@ def test_pallas_backend_block_constraints():
     assert pallas_fused.resolve_d_block(100, 64) == 100  # does not divide D: one dot over D
 
 
+@pytest.mark.parametrize(
+    ("backend", "platform", "target", "tiles"),
+    [
+        # the GPU tiles bench/gpu_check.py times, one with the whole of D in one dot, and a
+        # ragged N and V (padded by block_stats)
+        (
+            "gpu",
+            "cuda",
+            "xla.gpu.triton",
+            [(64, 128, 64), (128, 128, 64), (64, 256, 64), (64, 128, None)],
+        ),
+        ("tpu", "tpu", "tpu_custom_call", [(256, 512, 1024), (128, 1024, 256)]),
+    ],
+)
+def test_pallas_kernel_lowers_for_accelerators_without_one(backend, platform, target, tiles):
+    # Cross-platform lowering builds the Triton (GPU) and Mosaic (TPU) kernels on this CPU, so a
+    # kernel body the compiled backends reject fails here, not first on a lent accelerator. This
+    # caught the H200 failure of 2026-11-29: ``pl.multiple_of`` on the first slice's Python-int
+    # offset (0) has no defining op to annotate in Triton ("'TypedInt' object has no attribute
+    # 'owner'"); interpret mode runs it fine.
+    from entropylab.ops import pallas_fused
+
+    for n, v in [(512, 4096), (500, 4000)]:
+        args = (
+            jax.ShapeDtypeStruct((n, 1024), jnp.float32),
+            jax.ShapeDtypeStruct((1024, v), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.int32),
+        )
+        for bt, bv, bd in tiles:
+            fn = jax.jit(
+                lambda h, w, y, bt=bt, bv=bv, bd=bd: pallas_fused.block_stats(
+                    h, w, y, token_block=bt, vocab_block=bv, d_block=bd, backend=backend
+                )
+            )
+            text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+            assert target in text, (backend, n, v, bt, bv, bd)
+
+
 def test_default_impl_by_backend():
     assert fused_mod.default_impl("cpu") == "stream"
     assert fused_mod.default_impl("gpu") == "parallel"
