@@ -57,7 +57,7 @@ from entropylab.rl.step import (
     stack_replicas,
     unstack_replica,
 )
-from entropylab.rl.trainer import GRPOTrainer, RLConfig
+from entropylab.rl.trainer import GRPOTrainer, RLConfig, rollout_record
 from entropylab.train.metrics import MetricWriter
 
 __all__ = ["ReplicatedGRPO", "replica_rollout_keys"]
@@ -98,27 +98,6 @@ def _prepare_replicas(rollout, rewards, ref_logp, extras, *, group_size, estimat
         )
 
     return jax.vmap(one)(rollout, rewards, ref_logp, extras)
-
-
-def _host_record(cfg: RLConfig, rewards, response_mask, finished, temperature, rep, metrics):
-    """The rollout statistics of :meth:`GRPOTrainer.step`'s record (same keys, same values)
-    for one replica, followed by the update's metrics."""
-    mask = np.asarray(response_mask)
-    n_tok = int(mask.sum())
-    groups = rewards.reshape(-1, cfg.group_size)
-    diffs = np.array([p.difficulty for p in rep])
-    return {
-        "reward/mean": float(rewards.mean()),
-        "reward/acc": float(np.mean(rewards == 1.0)),
-        **{
-            f"reward/acc_d{d}": float(np.mean(rewards[diffs == d] == 1.0))
-            for d in sorted(set(diffs.tolist()))
-        },
-        "groups/zero_adv_frac": float(np.mean(groups.max(1) == groups.min(1))),
-        "response/finished": float(np.mean(finished)),
-        "rollout/temperature": float((np.asarray(temperature) * mask).sum() / max(n_tok, 1)),
-        **{k: float(v) for k, v in metrics.items()},
-    }
 
 
 def _is_int(x) -> bool:
@@ -326,8 +305,8 @@ class ReplicatedGRPO:
         n_tok = int(resp_mask.sum())
         recs = []
         for k in range(self.k):
-            rec = _host_record(
-                cfg,
+            rec = rollout_record(
+                cfg.group_size,
                 rewards[k],
                 resp_mask[k],
                 finished[k],

@@ -33,7 +33,9 @@ Sharding: with ``mesh`` (:func:`entropylab.parallel.make_mesh`) the batch is spl
 ``("data", "fsdp")`` axes, the objective runs inside ``jax.shard_map`` with that axis name — so
 every statistic the losses take over "the batch" is global — and the gradient of the replicated
 global loss is taken outside the ``shard_map`` (the transpose all-reduces it). 8 devices give the
-one-device step to float rounding (``tests/rl/step_sharded_test.py``). The state is donated.
+one-device step to float rounding (``test_sharded_eight_devices_equals_one_device`` in
+``tests/rl/step_test.py``; two processes equal one in ``tests/distributed_test.py``). The state
+is donated.
 
 Log-probs come from :func:`entropylab.logprobs.policy_logprobs` (fused over the vocabulary; full
 ``[B, T, V]`` logits only when the objective ``needs_logits``).

@@ -305,6 +305,32 @@ def _component_kwargs(ocfg: ObjectiveConfig):
         yield dict(kw)
 
 
+def rollout_record(group_size, rewards, response_mask, finished, temperature, problems, metrics):
+    """The rollout statistics of one RL step's logged record, then the update's ``metrics``.
+
+    ``rewards [B]`` (NumPy), ``response_mask [B, T]``, ``finished [B]``, ``temperature [B, T]``
+    (the sampling temperature of each token), ``problems``: the B problems (their
+    ``difficulty``), ``metrics``: name → scalar. Shared by :meth:`GRPOTrainer.step` and the
+    replicated driver (:mod:`entropylab.rl.replicas`), so both log the same keys and values.
+    """
+    mask = np.asarray(response_mask)
+    n_tok = int(mask.sum())
+    groups = rewards.reshape(-1, group_size)
+    diffs = np.array([p.difficulty for p in problems])
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/acc": float(np.mean(rewards == 1.0)),
+        **{
+            f"reward/acc_d{d}": float(np.mean(rewards[diffs == d] == 1.0))
+            for d in sorted(set(diffs.tolist()))
+        },
+        "groups/zero_adv_frac": float(np.mean(groups.max(1) == groups.min(1))),
+        "response/finished": float(np.mean(np.asarray(finished))),
+        "rollout/temperature": float((np.asarray(temperature) * mask).sum() / max(n_tok, 1)),
+        **{k: float(v) for k, v in metrics.items()},
+    }
+
+
 class GRPOTrainer:
     """Runs :class:`RLConfig` on ``model`` (trained in place); writes ``out_dir/metrics.jsonl``.
 
@@ -572,21 +598,11 @@ class GRPOTrainer:
         self.state = new_state
         t3 = time.perf_counter()
 
-        mask = np.asarray(r.response_mask)
-        n_tok = int(mask.sum())
-        groups = rewards.reshape(-1, cfg.group_size)
-        diffs = np.array([p.difficulty for p in rep])
+        n_tok = int(np.asarray(r.response_mask).sum())
         rec = {
-            "reward/mean": float(rewards.mean()),
-            "reward/acc": float(np.mean(rewards == 1.0)),
-            **{
-                f"reward/acc_d{d}": float(np.mean(rewards[diffs == d] == 1.0))
-                for d in sorted(set(diffs.tolist()))
-            },
-            "groups/zero_adv_frac": float(np.mean(groups.max(1) == groups.min(1))),
-            "response/finished": float(np.mean(np.asarray(r.finished))),
-            "rollout/temperature": float((np.asarray(r.temperature) * mask).sum() / max(n_tok, 1)),
-            **{k: float(v) for k, v in metrics.items()},
+            **rollout_record(
+                cfg.group_size, rewards, r.response_mask, r.finished, r.temperature, rep, metrics
+            ),
             **rec_guard,
             "time/rollout_s": t1 - t0,
             "time/prepare_s": t2 - t1,

@@ -188,15 +188,23 @@ def readme_block(spec, results, study, n_jobs) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme, block: str) -> None:
-    """Replace the marked block of ``readme`` (``ValueError`` if the markers are missing)."""
+def check_readme_block(readme, begin: str = BEGIN, end: str = END) -> str:
+    """The text of ``readme``; ``ValueError`` naming the file unless it has exactly one
+    ``begin`` … ``end`` block (checked before any output is written)."""
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{path} needs exactly one '{BEGIN}' … '{END}' block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    provenance.atomic_write_text(path, head + block + tail)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"readme: {path} needs exactly one '{begin}' … '{end}' block")
+    return text
+
+
+def update_readme(readme, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the ``begin`` … ``end`` block of ``readme`` by ``block`` (which carries the
+    markers itself), atomically; ``ValueError`` if the markers are missing or repeated."""
+    text = check_readme_block(readme, begin, end)
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    provenance.atomic_write_text(Path(readme), head + block + tail)
 
 
 def plot_claims(spec, results, jobs, out: Path) -> list[Path]:

@@ -58,11 +58,16 @@ def main(
     default_out: str | None = None,
     prog=None,
     summary_keys=None,
+    before_analyse=None,
     after_analyse=None,
 ) -> int:
     """Run the command in ``argv`` for ``spec``/``job_fn``. ``summary_keys``: the per-arm table
-    of RESULTS.md / summary.json (logged keys or ``"result:<key>"``; default: the RL keys);
-    ``after_analyse(spec, out, summary)``: a study's own extra outputs after ``analyse``."""
+    of RESULTS.md / summary.json (logged keys or ``"result:<key>"``; default: the RL keys).
+    A study's own analysis steps: ``before_analyse(spec, out, args)`` runs first (checks that
+    must fail before any output is written, e.g. its own README block; raise ``ValueError``),
+    ``after_analyse(spec, out, summary, args)`` after the verdicts (its extra tables, figures,
+    README blocks); ``args`` is the parsed ``analyse`` command line (``args.readme``,
+    ``args.no_plots``)."""
     parser = build_parser(prog, default_out)
     args = parser.parse_args(argv)
     try:
@@ -78,12 +83,14 @@ def main(
         elif args.cmd == "plan" and args.calibration_steps < 2:
             raise ValueError(f"--calibration-steps must be >= 2, got {args.calibration_steps}")
         elif args.cmd == "analyse":
+            if before_analyse is not None:
+                before_analyse(spec, Path(args.out), args)
             if args.compress:
                 compress_logs(Path(args.out) / "jobs")
             kw = {} if summary_keys is None else {"summary_keys": tuple(summary_keys)}
             summary = analyse(spec, args.out, readme=args.readme, plots=not args.no_plots, **kw)
             if after_analyse is not None:
-                after_analyse(spec, Path(args.out), summary)
+                after_analyse(spec, Path(args.out), summary, args)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         parser.exit(2, f"{parser.prog} {args.cmd}: error: {e}\n")
     if args.cmd == "run":

@@ -67,7 +67,8 @@ from entropylab import runs
 from entropylab.losses.attention import attention_entropy_regularizer
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.ops import logprobs_and_entropy
-from entropylab.study import Arm, Claim, StudySpec, analyse, compress_logs, main
+from entropylab.study import Arm, Claim, StudySpec, main
+from entropylab.study.analyse import check_readme_block, update_readme
 from entropylab.train.data import LMBatches, stdlib_corpus
 from entropylab.train.optim import OptimConfig, lr_schedule
 
@@ -707,14 +708,30 @@ TABLES_BEGIN, TABLES_END = "<!-- ega-tables:begin -->", "<!-- ega-tables:end -->
 def update_readme_tables(readme, out: Path) -> None:
     """Replace the README text between :data:`TABLES_BEGIN` and :data:`TABLES_END` by
     ``<out>/TABLES.md`` (without its title); ``ValueError`` if the markers are missing."""
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
-    if text.count(TABLES_BEGIN) != 1 or text.count(TABLES_END) != 1:
-        raise ValueError(f"readme: {path} needs one '{TABLES_BEGIN}' … '{TABLES_END}' block")
+    check_readme_block(readme, TABLES_BEGIN, TABLES_END)
     body = (out / "TABLES.md").read_text(encoding="utf-8").split("\n", 2)[2].strip()
-    head, rest = text.split(TABLES_BEGIN, 1)
-    tail = rest.split(TABLES_END, 1)[1]
-    runs.atomic_write_text(path, head + TABLES_BEGIN + "\n" + body + "\n" + TABLES_END + tail)
+    block = TABLES_BEGIN + "\n" + body + "\n" + TABLES_END
+    update_readme(readme, block, TABLES_BEGIN, TABLES_END)
+
+
+def _before_analyse(spec, out: Path, args) -> None:
+    """This study's README block must exist before the harness writes the verdict block."""
+    if args.readme is not None and Path(args.readme).is_file():
+        check_readme_block(args.readme, TABLES_BEGIN, TABLES_END)
+
+
+def _after_analyse(spec, out: Path, summary, args) -> None:
+    """The per-layer tables (TABLES.md, README block) and the study's figures."""
+    write_tables(spec, out)
+    if args.readme is not None:
+        update_readme_tables(args.readme, out)
+    if not args.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from experiments.entropy_guided_attention.figures import save_figures
+
+        save_figures(out)
 
 
 def cli(argv=None) -> int:
@@ -722,49 +739,16 @@ def cli(argv=None) -> int:
     preset = "quick"
     if argv[:1] == ["--preset"]:
         preset, argv = argv[1], argv[2:]
-    spec = build_spec(preset)
-    default_out = f"runs/entropy_guided_attention/{preset}"
-    prog = "python -m experiments.entropy_guided_attention.study"
-    if argv[:1] != ["analyse"]:
-        return main(spec, job, argv, default_out=default_out, prog=prog)
-    # analyse here (not main's): the per-arm table needs this study's summary keys and files
-    from entropylab.study.cli import build_parser
-
-    parser = build_parser(prog, default_out)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:  # what the user can fix (paths, a smoke run into a README): no traceback
-        if args.readme is not None and preset == "smoke":
-            raise ValueError(
-                f"readme: the smoke preset only checks that the code runs; its numbers never go "
-                f"into a README ({args.readme}). Analyse a real preset, or leave out --readme."
-            )
-        if not (out / "study.json").is_file():
-            raise FileNotFoundError(f"out: {out} holds no study (no study.json); run it first")
-        if args.readme is not None:
-            text = Path(args.readme).read_text(encoding="utf-8")
-            if text.count(TABLES_BEGIN) != 1 or text.count(TABLES_END) != 1:
-                raise ValueError(f"readme: {args.readme} needs one '{TABLES_BEGIN}' block")
-        if args.compress:
-            compress_logs(out / "jobs")
-        summary = analyse(
-            spec, out, readme=args.readme, plots=not args.no_plots, summary_keys=SUMMARY_KEYS
-        )
-        write_tables(spec, out)
-        if args.readme is not None:
-            update_readme_tables(args.readme, out)
-        if not args.no_plots:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            from experiments.entropy_guided_attention.figures import save_figures
-
-            save_figures(out)
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        parser.exit(2, f"{parser.prog} analyse: error: {e}\n")
-    for name, c in summary["claims"].items():
-        print(f"{name}: {c['label']}")
-    return 0
+    return main(
+        build_spec(preset),
+        job,
+        argv,
+        default_out=f"runs/entropy_guided_attention/{preset}",
+        prog="python -m experiments.entropy_guided_attention.study",
+        summary_keys=SUMMARY_KEYS,
+        before_analyse=_before_analyse,
+        after_analyse=_after_analyse,
+    )
 
 
 if __name__ == "__main__":

@@ -235,11 +235,21 @@ def test_per_arm_steps_result_metrics_and_cli_hooks(tmp_path, capsys):
     }
     capsys.readouterr()
     main(sp, job, ["analyse", "--out", str(out), "--no-plots"], summary_keys=["result:score"],
-         after_analyse=lambda s, o, summ: calls.append((o, summ["arms"])))  # fmt: skip
+         after_analyse=lambda s, o, summ, args: calls.append((o, summ["arms"])))  # fmt: skip
     assert capsys.readouterr().out.strip() == "res: reproduced"
     ((o, arms),) = calls
     assert o == out and arms["treat"]["result:score"]["mean"] == pytest.approx(2.025)
     assert arms["base"]["result:score"]["n"] == 6
+    # before_analyse fails first: exit 2 with its message, and no output is (re)written
+    (out / "RESULTS.md").unlink()
+
+    def refuse(spec, o, args):
+        raise ValueError(f"readme: {args.readme} has no tables block")
+
+    with pytest.raises(SystemExit, match="2"):
+        main(sp, job, ["analyse", "--out", str(out), "--readme", "R.md"], before_analyse=refuse)
+    assert "R.md has no tables block" in capsys.readouterr().err
+    assert not (out / "RESULTS.md").exists()
     with pytest.raises(ValueError, match="trend claim needs a logged"):
         Claim(name="t", statement="x", metric="result:score", test="trend", arm="treat",
               effect_of_interest=0.1)  # fmt: skip
