@@ -561,6 +561,27 @@ class PreemptionGuard:
     def exit_code(self) -> int:
         return PREEMPTED_EXIT_CODE + (self.signum or 0)
 
+    def agreed(self) -> bool:
+        """:attr:`requested` agreed by every process of a multi-process (multi-host) run.
+
+        A signal often reaches one host only; if that process stopped alone, the others would
+        wait in their next collective forever. So the training loops poll this at each step
+        boundary: with ``jax.process_count() > 1`` it all-gathers the flags (a collective, so
+        every process must call it at the same boundary), and a process that got no signal
+        adopts the one another process got (same exit code everywhere). On one process it is
+        :attr:`requested`, with no communication."""
+        import jax  # noqa: PLC0415 - this module imports no JAX at import time
+
+        if jax.process_count() == 1:
+            return self.requested
+        import numpy as np  # noqa: PLC0415
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        got = int(np.max(multihost_utils.process_allgather(np.int32(self.signum or 0))))
+        if self.signum is None and got > 0:
+            self.signum = got
+        return self.signum is not None
+
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a stop as if ``signum`` had arrived (tests, time budgets)."""
         self.signum = signum

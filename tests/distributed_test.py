@@ -53,6 +53,8 @@ def test_two_processes_equal_one_and_checkpoint_restores_in_one(tmp_path):
             raise
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
+    # process 0 got no signal, the other one did: both agree to stop, with the same exit code
+    assert json.loads((out / "agreed.json").read_text()) == [True, 15, 128 + 15]
 
     # the references run after the workers: computed while they run, the extra load made their
     # Gloo connection time out once on the loaded 2-core machine

@@ -656,7 +656,7 @@ class GRPOTrainer:
             if start == 0 and cfg.eval_every:
                 records.append(writer.write(0, self.evaluate(self.state["params"])))
             for s in range(start, cfg.steps):
-                if preemption.requested:  # at the boundary before step s (after s's record)
+                if preemption.agreed():  # boundary before step s; every process stops there
                     if ckpt.latest_step() != s:
                         ckpt.save(s, self.state)
                     stopped = s

@@ -356,7 +356,7 @@ def train(
                 t_ref = _block(pending[1])
                 finish(pending, t_ref)
             pending = (s, metrics, float(np.sum(batch["loss_mask"])), t_ref)
-            stop = preemption is not None and preemption.requested
+            stop = preemption is not None and preemption.agreed()  # all processes
             do_eval = (
                 eval_set is not None
                 and cfg.eval_every

@@ -151,9 +151,9 @@ def test_check_metrics(tmp_path):
 
 def test_preemption_guard_catches_sigterm():
     with runs.PreemptionGuard() as guard:
-        assert not guard.requested
+        assert not guard.requested and not guard.agreed()  # one process: no collective
         os.kill(os.getpid(), signal.SIGTERM)
-        assert guard.requested and guard.signum == signal.SIGTERM
+        assert guard.requested and guard.agreed() and guard.signum == signal.SIGTERM
         assert guard.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
