@@ -15,10 +15,16 @@ so replica ``k`` draws the same problems, the same per-sample keys and the same 
 keys as ``GRPOTrainer(replace(cfg, seed=s_k), model_k, …)`` and gives its records and parameters
 to float rounding (``tests/rl/replicas_test.py``: K = 2, 3 steps, Clip-Cov + adaptive entropy:
 sampled tokens and host statistics equal, update metrics within 1e-4 + 1e-3·|x|, final params
-bit-identical on CPU). With a reference-KL regulariser (ARES) the tokens and host statistics still
-agreed exactly, but update metrics drifted apart by up to ~5e-3 (``pg/ppo_kl``) within 3 steps:
-the vmapped reference forward rounds differently and the optimizer amplifies it (a hypothesis,
-not investigated further). Nothing is
+bit-identical on CPU). With a reference-KL regulariser (ARES) added to that test's setup, the
+tokens and host statistics still agree exactly, but update metrics drift apart (``pg/ppo_kl``
+−2.9e-3 vs −1.6e-3 at step 2). Diagnosed (2026-11-29): in that setup every reward is 0
+(``groups/zero_adv_frac`` = 1), so the policy gradient is exactly 0, and at step 0 the policy
+*is* the reference, so the KL gradient is 0 in exact arithmetic; what is left is the rounding
+difference between the update's log-probs and the (vmapped or unbatched) reference forward:
+a gradient of norm 9e-7 / 1.1e-6 that differs by ~25% between the two paths. Adam divides by
+√v, which turns that noise into learning-rate-sized steps in different directions. So the
+drift is rounding amplified by Adam on a zero gradient, not a defect of the replicated path.
+Nothing is
 copied from the trainer: one :class:`GRPOTrainer` per seed is built as a *template* (task,
 objective, optimizer, step config, sampling config, reference params, extras providers,
 evaluation) and only the device phases are batched here.
