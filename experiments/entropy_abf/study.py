@@ -634,21 +634,16 @@ TABLE_KEYS = ("ppl/x1", "ppl/x4", "ppl/x4/beyond", "ppl/x8", "target8/ppl/x8", "
 
 
 def tables(spec: StudySpec, out) -> dict:
-    """Per arm and key: mean, sd and n over initialisations of the job's final record; writes
-    ``<out>/tables.json`` and ``<out>/TABLES.md`` (every number from the run files)."""
+    """Per arm and key: mean, sd and n over initialisations of each key's last logged value
+    (the harness's :func:`~entropylab.study.analyse.arm_table`; every key here is logged by the
+    job's final evaluation record); writes ``<out>/tables.json`` and ``<out>/TABLES.md`` (every
+    number from the run files)."""
     from entropylab.study import load_jobs
+    from entropylab.study.analyse import arm_table
     from entropylab.study.provenance import atomic_write_json, atomic_write_text
 
     jobs, _ = load_jobs(out)
-    res: dict = {}
-    for a in spec.arms:
-        row = {}
-        for key in TABLE_KEYS:
-            v = [r[key] for j in jobs if j.arm == a.name for r in j.records[-1:] if key in r]
-            if v:
-                sd = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
-                row[key] = {"mean": float(np.mean(v)), "sd": sd, "n": len(v)}
-        res[a.name] = row
+    res = arm_table(jobs, [a.name for a in spec.arms], TABLE_KEYS)
     atomic_write_json(Path(out) / "tables.json", res)
     keys = [k for k in TABLE_KEYS if any(k in r for r in res.values())]
     lines = [f"# {spec.name}: per-arm table (mean ± sd over initialisations, final record)", "",
