@@ -271,6 +271,14 @@ def analyse(
         )
     if not jobs:
         raise ValueError(f"no finished job in {out}")
+    if readme is not None and len(jobs) < spec.n_results:
+        # an interim look is fine (RESULTS.md says "k of n runs finished"); a README verdict
+        # chosen by when one looked is optional stopping
+        raise ValueError(
+            f"readme: only {len(jobs)} of {spec.n_results} runs of {out} have finished; "
+            f"verdicts go into a README once the study has finished (analyse without --readme "
+            f"for an interim look)"
+        )
     results = evaluate_claims(spec.claims, jobs)
     claims_now = spec.claims_hash()
     note = ""

@@ -46,6 +46,21 @@ def test_planted_effect_is_reproduced_and_reported(tmp_path):
     assert (out / "plots" / "outcome.png").stat().st_size > 1000
 
 
+def test_partial_run_analyses_but_never_writes_a_readme(tmp_path):
+    sp = spec(4, claims=[outcome_claim()])
+    job = planted_job({"base": 0.0, "treat": 0.1}, {"base": 0.2, "treat": 0.6}, 0.02)
+    out = tmp_path / "run"
+    Runner(sp, job, out).run(shard=(1, 2), progress=False)  # 4 of the 8 jobs
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# study\n\n{BEGIN}\nold numbers\n{END}\n")
+    with pytest.raises(ValueError, match="only 4 of 8 runs"):
+        analyse(sp, out, readme=readme, plots=False)
+    assert "old numbers" in readme.read_text() and not (out / "RESULTS.md").exists()
+    summary = analyse(sp, out, plots=False)  # an interim look, labelled as such
+    assert summary["jobs_finished"] == 4 and summary["jobs_expected"] == 8
+    assert "4 of 8 (arm, init, seed) runs finished" in (out / "RESULTS.md").read_text()
+
+
 def test_null_effect_is_not_reproduced(tmp_path):
     sp, out = _run(
         tmp_path,
