@@ -132,9 +132,30 @@ def resolve_d_block(d: int, d_block: int | None) -> int:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("temp", "token_block", "vocab_block", "d_block", "backend")
+    jax.jit,
+    static_argnames=(
+        "temp",
+        "token_block",
+        "vocab_block",
+        "d_block",
+        "backend",
+        "num_warps",
+        "num_stages",
+    ),
 )
-def block_stats(h, w, y, *, temp=1.0, token_block=128, vocab_block=512, d_block=None, backend=None):
+def block_stats(
+    h,
+    w,
+    y,
+    *,
+    temp=1.0,
+    token_block=128,
+    vocab_block=512,
+    d_block=None,
+    backend=None,
+    num_warps=None,
+    num_stages=None,
+):
     """Per-vocabulary-tile partials ``(m_j, s_j, t_j, zy_j)``, each ``[n_tiles, N]``.
 
     float32 (float64 when an input is float64 — x64 mode, interpret-only: GPU/TPU kernels have
@@ -144,9 +165,11 @@ def block_stats(h, w, y, *, temp=1.0, token_block=128, vocab_block=512, d_block=
     ``token_block`` / ``vocab_block`` / ``d_block``: the tile sizes bt, bv, bd (see the module
     docstring for the backend constraints). Runs in interpret mode on CPU.
     ``backend``: "cpu" (interpret mode), "gpu" or "tpu"; default ``jax.default_backend()``. Name
-    another backend only to *lower* the kernel for it without its hardware (``jax.export`` with
-    ``platforms=["cuda"]`` and ``backend="gpu"`` builds the Triton module on a CPU machine; that
-    is how the tests check the GPU lowering).
+    another backend only to *lower* the kernel for it without its hardware
+    (``jit(...).trace(...).lower(lowering_platforms=("cuda",))`` with ``backend="gpu"`` builds the
+    Triton module on a CPU machine; that is how the tests check the GPU lowering).
+    ``num_warps`` / ``num_stages``: Triton's warps per program and software-pipelining depth on
+    GPU (default: Triton's, 4 and 3); ignored on other backends.
     """
     backend = backend or jax.default_backend()
     interpret = backend == "cpu"
@@ -178,7 +201,8 @@ def block_stats(h, w, y, *, temp=1.0, token_block=128, vocab_block=512, d_block=
     elif backend == "gpu":  # Triton, by name: JAX's default GPU Pallas backend varies by version
         from jax.experimental.pallas import triton as pltriton
 
-        params = pltriton.CompilerParams()
+        tri = {"num_warps": num_warps, "num_stages": num_stages}
+        params = pltriton.CompilerParams(**{k: v for k, v in tri.items() if v is not None})
     outs = pl.pallas_call(
         kernel,
         out_shape=(stat, stat, stat, stat),

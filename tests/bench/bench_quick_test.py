@@ -17,7 +17,16 @@ def test_train_step_quick_runs():
 
 def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
     res = gpu_check.main(
-        ["--quick", "--out", str(tmp_path), "--only", "numerics", "fused", "attention"]
+        [
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--only",
+            "numerics",
+            "fused",
+            "attention",
+            "pallas_tune",
+        ]  # fmt: skip
     )
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     for name in ("env", "matmul", "numerics", "fused"):
@@ -46,6 +55,10 @@ def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
     assert att["xla"]["nonfinite_logits"] == att["xla"]["nonfinite_grads"] == 0
     assert 1e-4 < att["blocked_f32"]["logits_rel_err_valid"] < 5e-2  # bf16 vs f32 compute
     assert "error" in att["cudnn"]
+    # the Pallas kernel per configuration (interpret mode here): its partials give XLA's lse
+    tune = res["pallas_tune"]
+    for name in ("64x512x64_wd_sd", "64x512x32_wd_sd"):
+        assert tune[name]["max_diff_lse"] < 1e-5 and tune[name]["tflop_s"] > 0, tune[name]
 
 
 def test_rollout_and_grpo_step_quick_run(capsys):

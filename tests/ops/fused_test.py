@@ -484,9 +484,9 @@ def test_pallas_backend_block_constraints():
             "gpu",
             "cuda",
             "xla.gpu.triton",
-            [(64, 128, 64), (128, 128, 64), (64, 256, 64), (64, 128, None)],
+            [(64, 128, 64), (128, 128, 64), (64, 256, 64), (64, 128, None), (128, 256, 32, 8, 4)],
         ),
-        ("tpu", "tpu", "tpu_custom_call", [(256, 512, 1024), (128, 1024, 256)]),
+        ("tpu", "tpu", "tpu_custom_call", [(256, 512, 1024), (128, 1024, 256, 8, 4)]),
     ],
 )
 def test_pallas_kernel_lowers_for_accelerators_without_one(backend, platform, target, tiles):
@@ -503,14 +503,17 @@ def test_pallas_kernel_lowers_for_accelerators_without_one(backend, platform, ta
             jax.ShapeDtypeStruct((1024, v), jnp.float32),
             jax.ShapeDtypeStruct((n,), jnp.int32),
         )
-        for bt, bv, bd in tiles:
+        for bt, bv, bd, *triton in tiles:  # + (num_warps, num_stages): Triton only
+            kw = dict(zip(("num_warps", "num_stages"), triton))
             fn = jax.jit(
-                lambda h, w, y, bt=bt, bv=bv, bd=bd: pallas_fused.block_stats(
-                    h, w, y, token_block=bt, vocab_block=bv, d_block=bd, backend=backend
+                lambda h, w, y, bt=bt, bv=bv, bd=bd, kw=kw: pallas_fused.block_stats(
+                    h, w, y, token_block=bt, vocab_block=bv, d_block=bd, backend=backend, **kw
                 )
             )
             text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
             assert target in text, (backend, n, v, bt, bv, bd)
+            if triton and backend == "gpu":  # the launch configuration reaches the Triton call
+                assert "num_warps = 8 : i32" in text and "num_stages = 4 : i32" in text
 
 
 def test_default_impl_by_backend():
