@@ -50,6 +50,12 @@ Sections:
   fused AdamW; bf16 via autocast; TF32 allowed for f32, as XLA does) when torch sees a GPU.
 * **grpo** — ``bench.grpo_step``'s GRPO step (8 prompts × 8, ≤ 16 new tokens, d256 4 layers):
   step, rollout and update seconds.
+* **attention** — ``attn_impl`` xla / cudnn against the exact blocked path on a left-padded bf16
+  batch (4-layer d512 GQA, 8 × 512): logits and masked-NLL gradient errors, non-finite counts
+  (≈ 85 s on an H200, mostly compiling).
+* **pallas_tune** — the Pallas statistics kernel alone per Triton configuration
+  (``PALLAS_TUNE``: tiles, ``num_warps``, ``num_stages``) against XLA's ``h @ W`` and
+  ``logsumexp(h @ W)`` at the ``fused`` shape: seconds, TFLOP/s, max |Δ| of the log-sum-exp.
 """
 
 from __future__ import annotations
