@@ -1,4 +1,4 @@
-"""Command line of a study: ``run [--shard i/n]``, ``plan``, ``status``, ``analyse``.
+"""Command line of a study: ``run [--shard i/n]``, ``plan``, ``status``, ``analyse``, ``snapshot``.
 
 A study script ends with ``raise SystemExit(main(SPEC, job_fn, default_out="runs/<name>"))``::
 
@@ -6,6 +6,7 @@ A study script ends with ``raise SystemExit(main(SPEC, job_fn, default_out="runs
     python -m experiments.<study>.run run --shard 1/3       # one ≤ 20-minute shard (resumes)
     python -m experiments.<study>.run status                # jobs done / to do
     python -m experiments.<study>.run analyse --readme experiments/<study>/README.md --compress
+    python -m experiments.<study>.run snapshot --to experiments/<study>/results/<preset>  # partial
 
 ``run`` and ``plan`` keep compiled programs on disk (``entropylab.runs.enable_compilation_cache``;
 ``ENTROPYLAB_COMPILE_CACHE=off`` disables it, a path moves it).
@@ -21,13 +22,13 @@ from pathlib import Path
 from entropylab.runs import enable_compilation_cache, out_path
 from entropylab.study.analyse import analyse
 from entropylab.study.metrics import compress_logs
-from entropylab.study.runner import Runner, format_plan, parse_shard
+from entropylab.study.runner import Runner, format_plan, parse_shard, snapshot
 
 
 def build_parser(prog: str | None = None, default_out: str | None = None):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "plan", "status", "analyse"):
+    for name in ("run", "plan", "status", "analyse", "snapshot"):
         s = sub.add_parser(name)
         s.add_argument("--out", default=default_out, required=default_out is None)
         s.add_argument(
@@ -43,6 +44,8 @@ def build_parser(prog: str | None = None, default_out: str | None = None):
             s.add_argument("--calibration-steps", type=int, default=3)
             s.add_argument("--shards", type=int, default=None)
             s.add_argument("--budget-min", type=float, default=20.0)
+        if name == "snapshot":
+            s.add_argument("--to", required=True, help="folder to copy the finished jobs into")
         if name == "analyse":
             s.add_argument("--readme", default=None, help="README whose results block to update")
             s.add_argument("--no-plots", action="store_true")
@@ -74,6 +77,13 @@ def main(
         args.out = str(out_path(args.out))
     except (TypeError, ValueError) as e:
         parser.error(str(e))
+    if args.cmd == "snapshot":  # file copies only: no spec identity, works across versions
+        try:
+            got = snapshot(args.out, args.to)
+        except (FileExistsError, FileNotFoundError, RuntimeError) as e:
+            parser.exit(2, f"{parser.prog} snapshot: error: {e}\n")
+        print(f"{got['jobs_copied']} of {got['jobs_expected']} finished runs in {args.to}")
+        return 0
     if args.cmd in ("run", "plan"):
         enable_compilation_cache()  # every job compiles the same programs: load them from disk
     runner = Runner(spec, job_fn, Path(args.out), allow_other_commit=args.allow_other_commit)

@@ -543,3 +543,71 @@ def format_plan(plan: dict) -> str:
     if not plan["fits_budget"]:
         lines.append(f"  (a shard exceeds the {m(plan['budget_s'])} budget)")
     return "\n".join(lines)
+
+
+def snapshot(out, to) -> dict:
+    """Copy the finished part of the run in ``out`` to ``to``, ready to commit; returns counts.
+
+    A long study's shards run for hours, often across sessions or machines; what is not
+    committed can be lost. This copies ``study.json``, the shard manifests and every seed
+    directory that holds ``result.json`` (its logs gzipped, deterministically; no checkpoints,
+    no lock), so ``to`` can be committed while the shards go on, and refreshed later. Copying
+    ``to`` back into a run directory resumes the study there (a job with ``result.json`` is
+    done); ``analyse`` reads ``to`` directly (an interim look until every job has finished).
+    Plain file operations: the library version that reads them need not be the run's.
+
+    Refuses (``RuntimeError``) a ``to`` that holds another study (study, config, code version or
+    commit in its ``study.json`` differ) and (``FileExistsError``) a non-empty ``to`` without one.
+    """
+    import gzip
+    import io
+
+    out, to = Path(out), Path(to)
+    src = out / "study.json"
+    if not src.is_file():
+        raise FileNotFoundError(f"out: {out} holds no study (no study.json)")
+    study = provenance.read_json(src)
+    have = to / "study.json"
+    if have.exists():
+        old = provenance.read_json(have)
+        keys = ("study", "config_hash", "code_version", "git_sha")
+        diff = [k for k in keys if old.get(k) != study.get(k)]
+        if diff:
+            raise RuntimeError(
+                f"refusing to mix runs: {have} is another run ({', '.join(diff)} differ)"
+            )
+    elif to.exists() and any(to.iterdir()):
+        raise FileExistsError(f"to: {to} is not empty and holds no study.json")
+    to.mkdir(parents=True, exist_ok=True)
+
+    def put(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_bytes() == data:
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with open(fd, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(path)
+
+    put(have, src.read_bytes())
+    for p in sorted((out / "shards").glob("*.json")):
+        put(to / "shards" / p.name, p.read_bytes())
+    n = 0
+    for res in sorted((out / "jobs").glob("*/init*/seed*/result.json")):
+        d = res.parent
+        rel = d.relative_to(out)
+        for f in sorted(d.iterdir()):
+            if f.is_dir() or f.name.startswith("."):  # checkpoints/, .lock, temporary files
+                continue
+            if f.suffix == ".jsonl":  # gzip, no timestamp: the same log gives the same bytes
+                buf = io.BytesIO()
+                with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as g:
+                    g.write(f.read_bytes())
+                put(to / rel / (f.name + ".gz"), buf.getvalue())
+                stale = to / rel / f.name
+                if stale.exists():
+                    stale.unlink()
+            else:
+                put(to / rel / f.name, f.read_bytes())
+        n += 1
+    return {"jobs_copied": n, "jobs_expected": len(study.get("jobs", []))}

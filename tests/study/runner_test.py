@@ -7,7 +7,7 @@ import pytest
 from entropylab.study import Arm, Runner, StudySpec, crn_seed
 from entropylab.study.runner import format_plan, parse_shard, shard_jobs
 
-from .synthetic import planted_job, spec
+from .synthetic import outcome_claim, planted_job, spec
 
 OUTCOME = {"base": 0.0, "treat": 0.1}
 ENTROPY = {"base": 0.2, "treat": 0.4}
@@ -253,3 +253,51 @@ def test_per_arm_steps_result_metrics_and_cli_hooks(tmp_path, capsys):
     with pytest.raises(ValueError, match="trend claim needs a logged"):
         Claim(name="t", statement="x", metric="result:score", test="trend", arm="treat",
               effect_of_interest=0.1)  # fmt: skip
+
+
+def test_snapshot_copies_finished_jobs_and_resumes_there(tmp_path):
+    """snapshot: finished seed dirs only (logs gzipped, no checkpoints or locks), refreshed as
+    shards finish; refuses another run; a copy of it resumes (done jobs skipped) and analyses
+    like the run itself."""
+    import shutil
+
+    from entropylab.study import analyse, main
+    from entropylab.study.runner import snapshot
+
+    sp = spec(3, claims=[outcome_claim()])
+    job = planted_job({"base": 0.0, "treat": 0.1}, {"base": 0.2, "treat": 0.6}, 0.02)
+    run, snap = tmp_path / "run", tmp_path / "snap"
+    Runner(sp, job, run).run(shard=(1, 2), progress=False)
+    unfinished = run / "jobs" / "base" / "init2" / "seed0"  # in progress: logs, no result
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "jobs/treat/init0/seed0/.lock").write_text("123")
+    assert snapshot(run, snap) == {"jobs_copied": 3, "jobs_expected": 6}
+    files = sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file())
+    assert "study.json" in files and "shards/shard-1-of-2.json" in files
+    assert not any("checkpoints" in f or ".lock" in f or "init2" in f for f in files), files
+    done = [f for f in files if f.startswith("jobs/")]
+    assert len([f for f in done if f.endswith("result.json")]) == 3
+    assert all(f.endswith((".jsonl.gz", "result.json")) for f in done), done
+    first = {f: (snap / f).read_bytes() for f in done}
+    shutil.rmtree(unfinished)
+    Runner(sp, job, run).run(shard=(2, 2), progress=False)
+    assert main(sp, job, ["snapshot", "--out", str(run), "--to", str(snap)]) == 0
+    assert all((snap / f).read_bytes() == b for f, b in first.items())  # same bytes again
+    assert len(list(snap.rglob("result.json"))) == 6
+    a_run = analyse(sp, run, plots=False)["claims"]
+    a_snap = analyse(sp, snap, plots=False)["claims"]
+    assert a_run == a_snap and a_run["outcome"]["n"] == 3
+    # a copy of the snapshot resumes: nothing left to run
+    again = tmp_path / "again"
+    shutil.copytree(snap, again)
+    assert Runner(sp, job, again).run(progress=False) == []
+    # another run is refused, as is a foreign folder
+    other = tmp_path / "other"
+    Runner(spec(2), job, other).run(progress=False)
+    with pytest.raises(RuntimeError, match="refusing to mix runs"):
+        snapshot(other, snap)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="no study.json"):
+        snapshot(run, tmp_path / "junk")
