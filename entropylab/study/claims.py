@@ -186,12 +186,26 @@ class ClaimResult:
     units: dict[str, float]  # per-init effect values
     arm_means: dict[str, float]
 
+    @property
+    def below_interest(self) -> bool:
+        """Reproduced, but the effect is also significantly *smaller* than the effect of
+        interest (the test against the claim rejects too): real, yet smaller than claimed."""
+        return (
+            self.verdict == "reproduced"
+            and self.test in ("superiority", "trend", "dose_response")
+            and self.effect_of_interest is not None
+            and self.p_against < self.alpha
+        )
+
     def label(self) -> str:
-        """``reproduced`` / ``not reproduced`` / ``inconclusive (MDE …)`` / ``blocked (…)``."""
+        """``reproduced`` / ``reproduced, below the effect of interest (…)`` / ``not
+        reproduced`` / ``inconclusive (MDE …)`` / ``blocked (…)``."""
         if self.verdict == "inconclusive":
             return f"inconclusive (MDE {_fmt(self.mde)})"
         if self.verdict == "blocked":
             return f"blocked ({self.reason})"
+        if self.below_interest:
+            return f"reproduced, below the effect of interest ({_fmt(self.effect_of_interest)})"
         return self.verdict
 
 

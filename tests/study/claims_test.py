@@ -34,6 +34,7 @@ def test_planted_effect_is_reproduced_and_reported(tmp_path):
     res = summary["claims"]
     assert res["manip"]["verdict"] == "reproduced"
     assert res["outcome"]["verdict"] == "reproduced"
+    assert res["outcome"]["label"] == "reproduced"  # 0.1 is not below the effect of interest
     assert res["outcome"]["estimate"] == pytest.approx(0.1, abs=0.02)
     assert res["outcome"]["n"] == 10 and res["outcome"]["p_value"] <= 2**-10 + 1e-12
     lo, hi = res["outcome"]["ci_low"], res["outcome"]["ci_high"]
@@ -252,6 +253,11 @@ def test_a_small_but_real_effect_is_reproduced_and_flagged_as_smaller(tmp_path):
     )
     r = _verdicts(sp, out)["outcome"]
     assert r.verdict == "reproduced" and "smaller than the effect of interest 0.05" in r.reason
+    # the README / RESULTS.md label says so too, not a bare "reproduced"
+    assert r.below_interest and r.label() == "reproduced, below the effect of interest (0.05)"
+    summary = analyse(sp, out, plots=False)
+    assert summary["claims"]["outcome"]["label"] == r.label()
+    assert "**reproduced, below the effect of interest (0.05)**" in (out / "RESULTS.md").read_text()
 
 
 def test_verdict_engine_false_positive_rate_under_the_null():
