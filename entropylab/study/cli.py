@@ -22,7 +22,7 @@ from pathlib import Path
 from entropylab.runs import enable_compilation_cache, out_path
 from entropylab.study.analyse import analyse
 from entropylab.study.metrics import compress_logs
-from entropylab.study.runner import Runner, format_plan, parse_shard, snapshot
+from entropylab.study.runner import Runner, format_plan, format_status, parse_shard, snapshot
 
 
 def build_parser(prog: str | None = None, default_out: str | None = None):
@@ -44,6 +44,8 @@ def build_parser(prog: str | None = None, default_out: str | None = None):
             s.add_argument("--calibration-steps", type=int, default=3)
             s.add_argument("--shards", type=int, default=None)
             s.add_argument("--budget-min", type=float, default=20.0)
+        if name == "status":
+            s.add_argument("--json", action="store_true", help="the job lists as JSON")
         if name == "snapshot":
             s.add_argument("--to", required=True, help="folder to copy the finished jobs into")
         if name == "analyse":
@@ -115,7 +117,8 @@ def main(
         )
         print(format_plan(plan))
     elif args.cmd == "status":
-        print(json.dumps(runner.status(), indent=1))
+        st = runner.status()
+        print(json.dumps(st, indent=1) if args.json else format_status(st, spec))
     else:
         for name, c in summary["claims"].items():
             print(f"{name}: {c['label']}")

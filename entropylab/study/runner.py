@@ -358,10 +358,17 @@ class Runner:
         return True
 
     def status(self) -> dict[str, list[str]]:
-        done, todo = [], []
+        """``{"done": [...], "todo": [...], "started": [...]}`` job labels; ``started`` = the
+        unfinished jobs with outputs (running now, or stopped mid-job: they resume there)."""
+        done, todo, started = [], [], []
         for j in self.spec.jobs():
-            (done if self.is_done(j) else todo).append(j.label)
-        return {"done": done, "todo": todo}
+            if self.is_done(j):
+                done.append(j.label)
+            else:
+                todo.append(j.label)
+                if any(job_dir(self.out, j.arm, j.init, s).exists() for s in j.seeds):
+                    started.append(j.label)
+        return {"done": done, "todo": todo, "started": started}
 
     # -- running ---------------------------------------------------------------------------
     def _run_job(self, job: Job, *, resume: bool, steps: int, progress: bool, out: Path, shard):
@@ -611,3 +618,22 @@ def snapshot(out, to) -> dict:
                 put(to / rel / f.name, f.read_bytes())
         n += 1
     return {"jobs_copied": n, "jobs_expected": len(study.get("jobs", []))}
+
+
+def format_status(status: dict, spec) -> str:
+    """:meth:`Runner.status` for people: totals, a bar per arm, the started and first to-do jobs."""
+    n_done, n = len(status["done"]), len(status["done"]) + len(status["todo"])
+    lines = [f"{n_done} of {n} jobs done ({100 * n_done / max(n, 1):.0f}%)"]
+    width = max([len(a.name) for a in spec.arms] + [1])
+    for a in spec.arms:
+        k = sum(lab.startswith(a.name + "/") for lab in status["done"])
+        m = k + sum(lab.startswith(a.name + "/") for lab in status["todo"])
+        bar = "#" * round(20 * k / max(m, 1))
+        lines.append(f"  {a.name:<{width}}  {k:>3}/{m:<3} [{bar:<20}]")
+    if status.get("started"):
+        lines.append("started (resume where they stopped): " + ", ".join(status["started"]))
+    todo = [t for t in status["todo"] if t not in status.get("started", ())]
+    if todo:
+        more = f" … +{len(todo) - 6} more" if len(todo) > 6 else ""
+        lines.append("to do: " + ", ".join(todo[:6]) + more)
+    return "\n".join(lines)

@@ -186,8 +186,13 @@ def test_command_line_run_status_analyse(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(sp, job, ["run", "--out", out, "--shard", "1/2", "--quiet"]) == 0
     assert "6 to do" in capsys.readouterr().out
+    main(sp, job, ["status", "--out", out, "--json"])
+    st = json.loads(capsys.readouterr().out)
+    assert len(st["todo"]) == 6 and len(st["done"]) == 6 and st["started"] == []
     main(sp, job, ["status", "--out", out])
-    assert len(json.loads(capsys.readouterr().out)["todo"]) == 6
+    text = capsys.readouterr().out
+    assert text.startswith("6 of 12 jobs done (50%)") and "to do: " in text, text
+    assert "  base     3/6   [##########          ]" in text, text
     main(sp, job, ["run", "--out", out, "--shard", "2/2", "--quiet"])
     capsys.readouterr()
     main(sp, job, ["analyse", "--out", out, "--no-plots", "--compress"])
