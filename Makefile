@@ -36,7 +36,7 @@ format: $(STAMP_TEST)
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not install"
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not install"
 
 # The losses-only install: a fresh venv with `pip install entropylab` (core deps only, built with
 # the declared setuptools floor) runs the README losses example (~1-3 min: pip installs jax).

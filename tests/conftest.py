@@ -36,8 +36,10 @@ def x64():
 
 
 # The longest files (end-to-end smoke runs, every-objective trainer steps, multi-process tests)
-# go first, so that under `pytest -n 2 --dist loadfile` the two workers finish together instead of
-# one of them starting a 2-minute file at the end. Order within a file is unchanged.
+# go first, so that under `pytest -n 2 --dist loadfile --no-loadscope-reorder` the two workers
+# finish together instead of one of them starting a 2-minute file at the end. Order within a file
+# is unchanged. (Without --no-loadscope-reorder, xdist re-sorts the files by their number of
+# tests, which puts the one-test heavy files last.)
 _HEAVY_FIRST = (
     "tests/studies/",
     "tests/rl/objectives_test.py",
