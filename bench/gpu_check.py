@@ -219,6 +219,7 @@ def sec_pallas_tune(args):
     in TFLOP/s (2·N·D·V per call) and the max |Δ| of the log-sum-exp its partials combine to.
     """
     from entropylab.ops import pallas_fused
+    from entropylab.ops.fused import _combine_partials
 
     n, d, v = (256, 64, 4096) if args.quick else (8192, 1024, 131072)
     kh, kw, ky = jax.random.split(jax.random.key(4), 3)
@@ -249,9 +250,9 @@ def sec_pallas_tune(args):
                 )
             )
             t = _median_s(fn, 3 if args.quick else 5, h, w, y)
-            m, s_, _, _ = fn(h, w, y)
-            mx = jnp.max(m, axis=0)
-            got = mx + jnp.log(jnp.sum(s_ * jnp.exp(m - mx), axis=0))
+            # the partials combined as the fused op combines them (m + log s = log-sum-exp)
+            _, _, m, log_s, _ = _combine_partials(*fn(h, w, y), y, v, False)
+            got = m + log_s
             out[name] = {
                 "s": t,
                 "tflop_s": flop / t / 1e12,

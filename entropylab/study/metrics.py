@@ -19,6 +19,7 @@ TensorBoard when asked (``tensorboardX``, imported lazily).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entropylab.runs import MetricsGapError
+from entropylab.runs import MetricsGapError, atomic_write_bytes
 
 STEP_SCHEMA: dict[str, str] = {
     "rollout/entropy": "token-mean policy entropy of the step's T = 1 rollouts (nats)",
@@ -295,15 +296,17 @@ def eval_pass_at_k(evals: Iterable[Mapping], k: int, *, step=None, split: str = 
     return float(np.mean(pass_at_k([e["correct"] for e in rows], ns.pop(), k)))
 
 
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip ``data`` deterministically (no file name, no timestamp): equal logs, equal bytes."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as g:
+        g.write(data)
+    return buf.getvalue()
+
+
 def _gzip_file(src: Path) -> Path:
     dst = src.with_name(src.name + ".gz")
-    fd, tmp = tempfile.mkstemp(dir=src.parent, prefix=f".{dst.name}.")
-    with (
-        os.fdopen(fd, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as g,
-    ):
-        g.write(src.read_bytes())
-    os.replace(tmp, dst)
+    atomic_write_bytes(dst, gzip_bytes(src.read_bytes()))
     src.unlink()
     return dst
 

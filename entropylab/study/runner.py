@@ -366,13 +366,18 @@ class Runner:
                 done.append(j.label)
             else:
                 todo.append(j.label)
-                if any(job_dir(self.out, j.arm, j.init, s).exists() for s in j.seeds):
+                if self._has_outputs(j, self.out):
                     started.append(j.label)
         return {"done": done, "todo": todo, "started": started}
 
+    @staticmethod
+    def _has_outputs(job: Job, out: Path) -> bool:
+        """Whether any seed directory of ``job`` exists under ``out`` (done or partial)."""
+        return any(job_dir(out, job.arm, job.init, s).exists() for s in job.seeds)
+
     # -- running ---------------------------------------------------------------------------
     def _run_job(self, job: Job, *, resume: bool, steps: int, progress: bool, out: Path, shard):
-        partial = any(job_dir(out, job.arm, job.init, s).exists() for s in job.seeds)
+        partial = self._has_outputs(job, out)
         if partial and not resume:
             raise FileExistsError(
                 f"job {job.label} has partial outputs in {out}; pass resume=True to continue it"
@@ -566,8 +571,7 @@ def snapshot(out, to) -> dict:
     Refuses (``RuntimeError``) a ``to`` that holds another study (study, config, code version or
     commit in its ``study.json`` differ) and (``FileExistsError``) a non-empty ``to`` without one.
     """
-    import gzip
-    import io
+    from entropylab.study.metrics import gzip_bytes
 
     out, to = Path(out), Path(to)
     src = out / "study.json"
@@ -587,14 +591,9 @@ def snapshot(out, to) -> dict:
         raise FileExistsError(f"to: {to} is not empty and holds no study.json")
     to.mkdir(parents=True, exist_ok=True)
 
-    def put(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.read_bytes() == data:
-            return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with open(fd, "wb") as f:
-            f.write(data)
-        Path(tmp).replace(path)
+    def put(path: Path, data: bytes) -> None:  # unchanged files are left untouched
+        if not (path.exists() and path.read_bytes() == data):
+            runs.atomic_write_bytes(path, data)
 
     put(have, src.read_bytes())
     for p in sorted((out / "shards").glob("*.json")):
@@ -606,11 +605,8 @@ def snapshot(out, to) -> dict:
         for f in sorted(d.iterdir()):
             if f.is_dir() or f.name.startswith("."):  # checkpoints/, .lock, temporary files
                 continue
-            if f.suffix == ".jsonl":  # gzip, no timestamp: the same log gives the same bytes
-                buf = io.BytesIO()
-                with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as g:
-                    g.write(f.read_bytes())
-                put(to / rel / (f.name + ".gz"), buf.getvalue())
+            if f.suffix == ".jsonl":  # as `analyse --compress` writes it: same log, same bytes
+                put(to / rel / (f.name + ".gz"), gzip_bytes(f.read_bytes()))
                 stale = to / rel / f.name
                 if stale.exists():
                     stale.unlink()

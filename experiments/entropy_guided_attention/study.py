@@ -708,7 +708,6 @@ TABLES_BEGIN, TABLES_END = "<!-- ega-tables:begin -->", "<!-- ega-tables:end -->
 def update_readme_tables(readme, out: Path) -> None:
     """Replace the README text between :data:`TABLES_BEGIN` and :data:`TABLES_END` by
     ``<out>/TABLES.md`` (without its title); ``ValueError`` if the markers are missing."""
-    check_readme_block(readme, TABLES_BEGIN, TABLES_END)
     body = (out / "TABLES.md").read_text(encoding="utf-8").split("\n", 2)[2].strip()
     block = TABLES_BEGIN + "\n" + body + "\n" + TABLES_END
     update_readme(readme, block, TABLES_BEGIN, TABLES_END)
