@@ -46,13 +46,23 @@ def _loss_dense(hidden, w, labels):
     return jnp.mean(logp) + 0.1 * jnp.mean(ent)
 
 
+PALLAS_KEYS = ("token_block", "vocab_block", "d_block", "num_warps", "num_stages")
+
+
+def pallas_tile_kwargs(tile) -> dict:
+    """``(token_block, vocab_block, d_block[, num_warps, num_stages])`` as keyword arguments
+    (``None`` entries left out: the op's backend default); ``None``: all defaults."""
+    return {k: v for k, v in zip(PALLAS_KEYS, tile or ()) if v is not None}
+
+
 def fused_kwargs(vocab_block, chunk_size, impl=None, block_group=1, pallas_blocks=None):
-    """Keyword arguments of ``fused_logprobs_and_entropy`` for one impl; ``pallas_blocks`` =
-    (token_block, vocab_block, d_block) replaces ``vocab_block`` for ``impl="pallas"`` only."""
+    """Keyword arguments of ``fused_logprobs_and_entropy`` for one impl. For ``impl="pallas"``
+    the tile is ``pallas_blocks`` (see :func:`pallas_tile_kwargs`; ``None``: the backend's
+    default tile, :data:`entropylab.ops.pallas_fused.DEFAULT_TILES`) instead of ``vocab_block``."""
     kw = dict(vocab_block=vocab_block, chunk_size=chunk_size, impl=impl, block_group=block_group)
-    if impl == "pallas" and pallas_blocks is not None:
-        bt, bv, bd = pallas_blocks
-        kw.update(token_block=bt, vocab_block=bv, d_block=bd)
+    if impl == "pallas":
+        del kw["vocab_block"]
+        kw.update(pallas_tile_kwargs(pallas_blocks))
     return kw
 
 
@@ -105,7 +115,7 @@ def run_row(
 ):
     """One shape: fused (``impl``) vs dense; ``extra_impls`` = more fused formulations timed in
     the same run, interleaved call by call with the others (``{impl}_s``, ``{impl}_mem``).
-    ``pallas_blocks``: (token_block, vocab_block, d_block) of ``impl="pallas"``."""
+    ``pallas_blocks``: the tile of ``impl="pallas"`` (:func:`fused_kwargs`)."""
     kh, kw, ky = jax.random.split(jax.random.key(seed), 3)
     hidden = jax.random.normal(kh, (n, d), jnp.float32)
     w = jax.random.normal(kw, (d, v), jnp.float32) / jnp.sqrt(d)
@@ -203,7 +213,7 @@ def main(argv=None):
         "--pallas-blocks",
         type=_shape,
         default=None,
-        help="token x vocab x D tile of impl pallas, e.g. 64x128x64 (def: 64 x --vocab-block x 64)",
+        help="token x vocab x D tile of impl pallas, e.g. 64x128x64 (def: the backend tile)",
     )
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per path (median)")
     ap.add_argument(

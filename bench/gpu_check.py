@@ -55,7 +55,9 @@ Sections:
   (≈ 85 s on an H200, mostly compiling).
 * **pallas_tune** — the Pallas statistics kernel alone per Triton configuration
   (``PALLAS_TUNE``: tiles, ``num_warps``, ``num_stages``) against XLA's ``h @ W`` and
-  ``logsumexp(h @ W)`` at the ``fused`` shape: seconds, TFLOP/s, max |Δ| of the log-sum-exp.
+  ``logsumexp(h @ W)`` at the ``fused`` shape: seconds, TFLOP/s, max |Δ| of the log-sum-exp
+  (≈ 15 s for 10 configurations on an H200; ``--only fused pallas_tune`` ≈ 50 s wall; the
+  machine's start costs another ≈ 2 min of device time per call).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench.entropy_memory import PALLAS_KEYS, pallas_tile_kwargs
 from entropylab.models import Transformer, TransformerConfig
 from entropylab.models.transformer import forward
 
@@ -184,31 +187,50 @@ def sec_numerics(args):
     return res
 
 
-# Pallas tiles (token_block, vocab_block, d_block). GPU (Triton): powers of 2, a [64, 128]
-# float32 logits tile per program (the first is the one timed fwd+bwd); TPU: multiples of
-# (8, 128), larger tiles in VMEM. --quick (CPU, interpret mode): one toy tile.
+# Pallas tiles (token_block, vocab_block, d_block[, num_warps, num_stages]); None = the op's
+# default tile for the backend (``entropylab.ops.pallas_fused.DEFAULT_TILES``). The first is the
+# one timed fwd+bwd. GPU (Triton): powers of 2; TPU: multiples of (8, 128), larger tiles in VMEM.
+# --quick (CPU, interpret mode): the default tile at a toy shape.
 PALLAS_TILES = {
-    "gpu": ((64, 128, 64), (128, 128, 64), (64, 256, 64)),
+    "gpu": (None, (64, 128, 64), (256, 128, 32, 8, 4), (512, 64, 32, 8, 3)),
     "tpu": ((256, 512, 1024), (128, 1024, 1024)),
-    "quick": ((64, 512, 64),),
+    "quick": (None,),
 }
 
 
 # The Pallas statistics kernel alone, per Triton configuration (token_block, vocab_block,
-# d_block, num_warps, num_stages; None = Triton's default): the first is the tile timed above.
+# d_block, num_warps, num_stages; None = Triton's default), at the ``fused`` shape. Tuned on an
+# H200 (2026-11-30) in rounds, each varying the last one's fastest: round 1, 64 × 128 × 64 at
+# Triton's defaults 55 ms → 256 × 128 × 32 at 8 warps, 3 stages 23 ms; round 2 → 256 × 64 × 32
+# at 4 warps, 3 stages 17 ms (1.7× XLA's logsumexp(h @ W)); tiles whose pipeline needs more
+# than the 227 KiB of shared memory, or whose accumulator needs more than the registers, fail
+# to compile and are recorded as errors. This is round 3.
 PALLAS_TUNE = {
     "gpu": (
-        (64, 128, 64, None, None),
-        (128, 128, 32, 4, 3),
-        (128, 128, 32, 8, 3),
-        (128, 128, 64, 8, 3),
-        (128, 256, 32, 8, 3),
-        (128, 256, 64, 8, 4),
-        (64, 256, 32, 4, 4),
-        (256, 128, 32, 8, 3),
+        (256, 64, 32, 4, 3),
+        (256, 64, 32, 4, 4),
+        (256, 64, 64, 4, 2),
+        (256, 64, 32, 8, 3),
+        (256, 64, 16, 4, 4),
+        (256, 32, 32, 4, 3),
+        (128, 64, 32, 4, 3),
+        (512, 64, 32, 8, 3),
+        (512, 64, 16, 8, 4),
+        (1024, 64, 16, 16, 3),
     ),
     "quick": ((64, 512, 64, None, None), (64, 512, 32, None, None)),
 }
+
+
+def _tile_name(tile) -> str:
+    """``BTxBVxBD[_wW_sS]`` of a tile (None = the backend default, resolved)."""
+    from entropylab.ops.pallas_fused import default_tiles
+
+    t = tile or tuple(default_tiles().get(k) for k in PALLAS_KEYS)
+    name = "x".join(str(x) for x in t[:3])
+    if len(t) > 3 and any(x is not None for x in t[3:]):
+        name += f"_w{t[3] or 'd'}_s{t[4] or 'd'}"
+    return ("default_" if tile is None else "") + name
 
 
 def sec_pallas_tune(args):
@@ -280,13 +302,9 @@ def _fused_fwd_rows(args, hidden, w, labels, tiles):
     fns["parallel"] = functools.partial(
         fused_logprobs_and_entropy, vocab_block=args.fused_vocab_block, impl="parallel"
     )
-    for bt, bv, bd in tiles:
-        fns[f"pallas_{bt}x{bv}x{bd}"] = functools.partial(
-            fused_logprobs_and_entropy,
-            impl="pallas",
-            token_block=bt,
-            vocab_block=bv,
-            d_block=bd,
+    for tile in tiles:
+        fns[f"pallas_{_tile_name(tile)}"] = functools.partial(
+            fused_logprobs_and_entropy, impl="pallas", **pallas_tile_kwargs(tile)
         )
     out = {}
     ref = None
@@ -318,13 +336,10 @@ def _pallas_under_shard_map(hidden, w, labels, tile):
 
     from entropylab.ops import fused_logprobs_and_entropy
 
-    bt, bv, bd = tile
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
 
     def local(h, w, y):
-        return fused_logprobs_and_entropy(
-            h, w, y, impl="pallas", token_block=bt, vocab_block=bv, d_block=bd
-        )
+        return fused_logprobs_and_entropy(h, w, y, impl="pallas", **pallas_tile_kwargs(tile))
 
     sharded = jax.shard_map(
         local,
@@ -364,7 +379,7 @@ def sec_fused(args):
         extra_impls=tuple(i for i in IMPLS if i != impl),
         pallas_blocks=tiles[0],
     )
-    r["pallas_tile"] = "x".join(map(str, tiles[0]))
+    r["pallas_tile"] = _tile_name(tiles[0])
     for other in IMPLS:
         if other == impl or f"{other}_mem" not in r:  # not compiled: its error is in the row
             continue

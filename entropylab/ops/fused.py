@@ -256,7 +256,9 @@ def _combine_partials(mb, sb, tb, zyb, y, v, with_entropy):
     return logp, log_s - ratio, m, log_s, ratio
 
 
-def _chunk_forward_pallas(h, y, w_all, *, block, temp, with_entropy, token_block, d_block):
+def _chunk_forward_pallas(
+    h, y, w_all, *, block, temp, with_entropy, token_block, d_block, num_warps, num_stages
+):
     """The block-parallel forward with the per-tile partials from the Pallas kernel.
 
     :func:`entropylab.ops.pallas_fused.block_stats` computes (m_b, s_b, t_b, zy_b) per
@@ -267,7 +269,15 @@ def _chunk_forward_pallas(h, y, w_all, *, block, temp, with_entropy, token_block
     from entropylab.ops import pallas_fused  # jax.experimental.pallas only when asked for
 
     mb, sb, tb, zyb = pallas_fused.block_stats(
-        h, w_all, y, temp=temp, token_block=token_block, vocab_block=block, d_block=d_block
+        h,
+        w_all,
+        y,
+        temp=temp,
+        token_block=token_block,
+        vocab_block=block,
+        d_block=d_block,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return _combine_partials(mb, sb, tb, zyb, y, w_all.shape[1], with_entropy)
 
@@ -324,12 +334,16 @@ def _fused(hidden, w, labels, temp, chunk, block, with_entropy, group, pallas):
 
 
 def _fused_fwd(hidden, w, labels, temp, chunk, block, with_entropy, group, pallas):
-    """Forward by ``pallas`` = (token_block, d_block): the Pallas kernel; else ``group`` = 0:
-    streaming (running max), ``group`` ≥ 1: block-parallel XLA."""
+    """Forward by ``pallas`` = (token_block, vocab_block, d_block, num_warps, num_stages): the
+    Pallas kernel (its own vocabulary tile; ``block`` is then the backward's); else ``group`` =
+    0: streaming (running max), ``group`` ≥ 1: block-parallel XLA."""
     n = hidden.shape[0]
-    kw = dict(block=block, temp=temp, with_entropy=with_entropy)
+    kw = dict(block=block if pallas is None else pallas[1], temp=temp, with_entropy=with_entropy)
     if pallas is not None:
-        fwd = functools.partial(_chunk_forward_pallas, token_block=pallas[0], d_block=pallas[1])
+        bt, _, bd, nw, ns = pallas
+        fwd = functools.partial(
+            _chunk_forward_pallas, token_block=bt, d_block=bd, num_warps=nw, num_stages=ns
+        )
     elif group:
         fwd = functools.partial(_chunk_forward_parallel, group=group)
     else:
@@ -367,7 +381,7 @@ def _fused_bwd(temp, chunk, block, with_entropy, group, pallas, res, g):
     g_h = None if g_h is None else g_h.astype(acc)
     n = hidden.shape[0]
     dw0 = jnp.zeros(w.shape, acc)
-    kw = dict(block=min(block, w.shape[1]), temp=temp)  # the Pallas tile may exceed V
+    kw = dict(block=min(block, w.shape[1]), temp=temp)
     if chunk >= n:
         dh, dw = _chunk_backward(hidden, labels, w, m, log_s, ratio, g_lp, g_h, dw0, None, **kw)
     else:
@@ -409,6 +423,8 @@ _fused_jit = jax.jit(_fused, static_argnums=(3, 4, 5, 6, 7, 8))
 
 
 IMPLS = ("stream", "parallel", "pallas")
+# vocabulary block of the XLA forwards by default, and of the backward of every impl (pallas too)
+_BWD_BLOCK = 1024
 
 
 def default_impl(backend: str | None = None) -> str:
@@ -430,12 +446,14 @@ def fused_logprobs_and_entropy(
     *,
     temperature: float = 1.0,
     chunk_size: int | None = None,
-    vocab_block: int = 1024,
+    vocab_block: int | None = None,
     with_entropy: bool = True,
     impl: str | None = None,
     block_group: int = 1,
-    token_block: int = 64,
-    d_block: int | None = 64,
+    token_block: int | None = None,
+    d_block: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-prob of ``labels`` and full-vocabulary entropy from hidden states, without logits.
 
@@ -455,8 +473,9 @@ def fused_logprobs_and_entropy(
       temperature: static Python float T > 0 (no gradient flows to it).
       chunk_size: rows per token chunk (an outer loop), or ``None`` for one chunk of all rows.
         Temporaries scale as ``chunk_size × vocab_block``. A ragged last chunk is fine.
-      vocab_block: vocabulary columns per block (clipped to V). 512–1024 was fastest on CPU; a
-        ragged last block (V not a multiple) is fine.
+      vocab_block: vocabulary columns per block (clipped to V); ``None``: 1024 (512–1024 was
+        fastest on CPU), or the backend's Pallas tile for ``impl="pallas"``. A ragged last block
+        (V not a multiple) is fine.
       with_entropy: if False, skip the entropy accumulator (the no-entropy fast path).
       impl: forward formulation. ``"stream"``: running (m, s, t) carried across vocabulary blocks
         and rescaled when the max grows (a sequential dependency between blocks).
@@ -467,16 +486,23 @@ def fused_logprobs_and_entropy(
         backward, the residuals and the ``custom_vjp`` contract.
         ``"pallas"``: the same block-parallel partials from a Pallas kernel over a tokens ×
         vocabulary grid (:mod:`entropylab.ops.pallas_fused`; interpret mode on CPU), combined
-        by the same reduction; its backward is the XLA one (recomputing blocks). Opt-in: never
+        by the same reduction; its backward is the XLA one (recomputing blocks of 1024
+        columns, whatever the kernel's tile). Opt-in: never
         picked by ``None`` until ``bench/gpu_check.py`` has measured it on hardware.
       block_group: blocks per step of the ``"parallel"`` forward (temporaries grow as
         ``block_group × chunk × vocab_block``); ignored by ``"stream"`` and ``"pallas"``.
       token_block: ``"pallas"`` only: token rows per kernel tile (N is padded to a multiple).
         The vocabulary tile is ``vocab_block`` (V is padded to a multiple — one copy of the
-        unembedding unless ``vocab_block`` divides V). GPU (Triton): powers of 2 ≥ 16, small
-        tiles (e.g. 64 × 128); TPU: ``token_block % 8 == 0``, ``vocab_block % 128 == 0``.
+        unembedding unless ``vocab_block`` divides V). GPU (Triton): powers of 2 ≥ 16; TPU:
+        ``token_block % 8 == 0``, ``vocab_block % 128 == 0``.
       d_block: ``"pallas"`` only: the model dimension is contracted ``d_block`` columns at a
-        time inside a tile when ``d_block`` divides D (else in one dot over D).
+        time inside a tile when ``d_block`` divides D (pass D for one dot over D).
+      num_warps, num_stages: ``"pallas"`` on GPU only: Triton's warps per program and
+        software-pipelining depth.
+        Each of the five Pallas arguments left ``None`` takes the backend's value in
+        :data:`entropylab.ops.pallas_fused.DEFAULT_TILES`: on GPU the fastest configuration of
+        a sweep on an H200 (256 × 64 tiles, D slices of 32, 4 warps, 3 stages); on TPU and
+        CPU 64 × 1024 tiles, D slices of 64 (not tuned on hardware).
 
     Returns:
       Always a pair ``(logp, entropy)`` of float32 arrays of shape ``labels.shape``; ``entropy``
@@ -515,7 +541,7 @@ def fused_logprobs_and_entropy(
         )
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature}")
-    _check_positive_int("vocab_block", vocab_block)
+    _check_positive_int("vocab_block", vocab_block, allow_none=True)
     _check_positive_int("chunk_size", chunk_size, allow_none=True)
     if not isinstance(with_entropy, bool):
         raise ValueError(f"with_entropy must be a bool, got {with_entropy!r}")
@@ -524,8 +550,13 @@ def fused_logprobs_and_entropy(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
     _check_positive_int("block_group", block_group)
-    _check_positive_int("token_block", token_block)
-    _check_positive_int("d_block", d_block, allow_none=True)
+    for name, val in (
+        ("token_block", token_block),
+        ("d_block", d_block),
+        ("num_warps", num_warps),
+        ("num_stages", num_stages),
+    ):
+        _check_positive_int(name, val, allow_none=True)
     v = unembedding.shape[1]
     if v == 0:
         raise ValueError("unembedding must have V >= 1 columns")
@@ -541,11 +572,21 @@ def fused_logprobs_and_entropy(
     chunk = n if chunk_size is None else min(chunk_size, n)
     group = block_group if impl == "parallel" else 0
     if impl == "pallas":
-        # the kernel's vocabulary tile is not clipped to V (tile shapes are backend-constrained;
-        # V is padded instead)
-        block, pallas = vocab_block, (token_block, d_block)
+        from entropylab.ops.pallas_fused import default_tiles
+
+        tiles = default_tiles()
+        given = dict(token_block=token_block, vocab_block=vocab_block, d_block=d_block,
+                     num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+        tiles.update({k: val for k, val in given.items() if val is not None})
+        # The kernel's vocabulary tile is not clipped to V (tile shapes are backend-constrained;
+        # V is padded instead). The backward is the XLA one, in its own blocks of _BWD_BLOCK
+        # columns: in the kernel's 128-column tiles it took ≈ 84 ms of a 107 ms fwd + bwd on an
+        # H200 (N 8192, D 1024, V 131072), in 1024-column blocks ≈ 34 ms of 52 ms.
+        block = min(_BWD_BLOCK, v)
+        pallas = (tiles["token_block"], tiles["vocab_block"], tiles["d_block"],
+                  tiles.get("num_warps"), tiles.get("num_stages"))  # fmt: skip
     else:
-        block, pallas = min(vocab_block, v), None
+        block, pallas = min(vocab_block or _BWD_BLOCK, v), None
     h, unembedding, y = _common_vma(h, unembedding, y)
     out = _fused_jit(
         h, unembedding, y, float(temperature), chunk, block, with_entropy, group, pallas

@@ -32,10 +32,13 @@ needs powers of two ≥ 16 for ``bt``, ``bv`` and ``bd``. On CPU the kernel runs
 
 Status: tested on CPU in interpret mode (equality with a float64 NumPy reference, adversarial
 numerics) and lowered for CUDA (Triton) and TPU (Mosaic) on CPU in the tests. On an NVIDIA H200
-(2026-11-29, ``bench/gpu_check.py``) it compiles and is correct (max |Δ| 1.5e-4 vs dense: the
-Triton dot takes float32 inputs at TF32) but its forward is 5–7× slower than the dense forward
-and 4–6× slower than the XLA block-parallel one, so it is opt-in; the XLA ``parallel`` path stays
-the GPU default. Not yet run on a TPU.
+it compiles and is correct (max |Δ| 1.5e-4 vs dense: the Triton dot takes float32 inputs at
+TF32), also under ``shard_map(check_vma=True)``. Tuned there (2026-11-30, three rounds of
+``bench/gpu_check.py --only pallas_tune``, N 8192 × D 1024 × V 131072 float32): the default GPU
+tile went from 64 × 128 × 64 at Triton's defaults (55 ms, 6.0× XLA's ``logsumexp(h @ W)``) to
+256 × 64 × 32 at 4 warps and 3 stages (17 ms, 1.9×); the forward is still 2.0× the dense forward
+and 1.7× the XLA block-parallel one, and fwd + bwd 2.0× dense against 1.5× for the XLA path. It
+stays opt-in; ``parallel`` stays the GPU default. Not yet run on a TPU.
 
 No released kernel computes exactly this (entropy needs the third statistic t); the tiling is the
 one of Cut Cross-Entropy (arXiv:2411.09009, apple/ml-cross-entropy) and of verl's Triton
@@ -96,7 +99,8 @@ def _vma_kwargs(*xs):
     (This gets the call past tracing. JAX 0.10.2's *interpret* mode then still fails at lowering
     — it re-evaluates the kernel with varying refs, and every literal in it is invariant — so the
     CPU tests cannot run the kernel under ``shard_map(check_vma=True)``; compiled GPU/TPU
-    lowering does not re-check the kernel body. Unverified on hardware.)
+    lowering does not re-check the kernel body: on an H200 the compiled kernel ran forward and
+    backward under ``check_vma=True``.)
     """
     mats = [getattr(jax.typeof(x), "manual_axis_type", None) for x in xs]  # JAX >= 0.10
     if all(m is not None for m in mats):
@@ -122,6 +126,24 @@ def _check_blocks(backend, bt, bv, bd):
         for name, b in (("token_block", bt), ("vocab_block", bv), ("d_block", bd)):
             if b < 16 or b & (b - 1):
                 raise ValueError(f"pallas on GPU (Triton) needs {name} a power of 2 >= 16, got {b}")
+
+
+# Default tiles of ``fused_logprobs_and_entropy(impl="pallas")`` per backend (an argument left
+# ``None`` takes the backend's value). GPU: the fastest Triton configuration of a tuning sweep
+# on an NVIDIA H200 (2026-11-30, ``bench/gpu_check.py --only pallas_tune``, N 8192 × D 1024 ×
+# V 131072 float32; see ``PALLAS_TUNE`` there): 256 × 64 tiles, D in slices of 32, 4 warps,
+# 3 stages ran the kernel in 17 ms against 55 ms for the first 64 × 128 × 64 default, still
+# 1.7× XLA's ``logsumexp(h @ W)``. TPU and CPU (interpret mode): 64 × 1024 × 64, not tuned.
+DEFAULT_TILES = {
+    "gpu": {"token_block": 256, "vocab_block": 64, "d_block": 32, "num_warps": 4, "num_stages": 3},
+    "tpu": {"token_block": 64, "vocab_block": 1024, "d_block": 64},
+    "cpu": {"token_block": 64, "vocab_block": 1024, "d_block": 64},
+}
+
+
+def default_tiles(backend: str | None = None) -> dict:
+    """The default Pallas tile keywords for ``backend`` (default ``jax.default_backend()``)."""
+    return dict(DEFAULT_TILES.get(backend or jax.default_backend(), DEFAULT_TILES["cpu"]))
 
 
 def resolve_d_block(d: int, d_block: int | None) -> int:

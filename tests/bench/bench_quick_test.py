@@ -44,8 +44,8 @@ def test_gpu_check_quick_sections_run_on_cpu(tmp_path):
         assert 0 < fused[f"{impl}_mem_mib"] < fused["dense_mem_mib"], impl
     # forward-only rows: dense, block-parallel XLA and each Pallas tile
     fwd = fused["fwd_only"]
-    assert set(fwd) == {"dense", "parallel", "pallas_64x512x64"}, fwd
-    for name in ("parallel", "pallas_64x512x64"):
+    assert set(fwd) == {"dense", "parallel", "pallas_default_64x1024x64"}, fwd
+    for name in ("parallel", "pallas_default_64x1024x64"):
         assert "error" not in fwd[name], fwd[name]
         assert fwd[name]["max_diff"] < 1e-4 and fwd[name]["s"] > 0
     # fused attention vs the exact path on a left-padded batch; no cuDNN on a CPU (recorded)

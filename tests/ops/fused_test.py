@@ -484,7 +484,15 @@ def test_pallas_backend_block_constraints():
             "gpu",
             "cuda",
             "xla.gpu.triton",
-            [(64, 128, 64), (128, 128, 64), (64, 256, 64), (64, 128, None), (128, 256, 32, 8, 4)],
+            [
+                (64, 128, 64),
+                (64, 256, 64),
+                (64, 128, None),
+                (128, 256, 32, 8, 4),
+                (256, 64, 32, 4, 3),  # the GPU default (DEFAULT_TILES["gpu"])
+                (512, 64, 32, 8, 3),
+                (1024, 64, 16, 16, 3),
+            ],
         ),
         ("tpu", "tpu", "tpu_custom_call", [(256, 512, 1024), (128, 1024, 256, 8, 4)]),
     ],
@@ -513,7 +521,43 @@ def test_pallas_kernel_lowers_for_accelerators_without_one(backend, platform, ta
             text = fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
             assert target in text, (backend, n, v, bt, bv, bd)
             if triton and backend == "gpu":  # the launch configuration reaches the Triton call
-                assert "num_warps = 8 : i32" in text and "num_stages = 4 : i32" in text
+                assert f"num_warps = {triton[0]} : i32" in text, (bt, bv, bd, triton)
+                assert f"num_stages = {triton[1]} : i32" in text, (bt, bv, bd, triton)
+
+
+def test_pallas_tiles_default_by_backend_and_arguments_override(monkeypatch):
+    # impl="pallas" with no tile arguments takes the backend's DEFAULT_TILES entry (on GPU the
+    # tuned Triton launch configuration too); each argument given replaces its default alone.
+    from entropylab.ops import pallas_fused
+
+    assert pallas_fused.default_tiles("gpu") == {
+        "token_block": 256,
+        "vocab_block": 64,
+        "d_block": 32,
+        "num_warps": 4,
+        "num_stages": 3,
+    }
+    assert pallas_fused.default_tiles("cpu")["vocab_block"] == 1024
+    seen = []
+    real = pallas_fused.block_stats
+
+    def spy(h, w, y, **kw):
+        seen.append(kw)
+        return real(h, w, y, temp=kw["temp"], token_block=8, vocab_block=8, d_block=None)
+
+    monkeypatch.setattr(pallas_fused, "block_stats", spy)
+    monkeypatch.setattr(pallas_fused, "default_tiles", lambda: dict(DEFAULT_GPU))
+    h, w, y = _inputs(11, 5, 19, seed=3)  # a shape no other test traces (the op is jitted)
+    ref = np_reference(h, w, y)
+    got = fused_logprobs_and_entropy(h, w, y, impl="pallas")
+    got2 = fused_logprobs_and_entropy(h, w, y, impl="pallas", token_block=16, num_stages=2)
+    for out in (got, got2):
+        np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=2e-5)
+    assert seen[0] == {"temp": 1.0, **DEFAULT_GPU}
+    assert seen[1] == {"temp": 1.0, **DEFAULT_GPU, "token_block": 16, "num_stages": 2}
+
+
+DEFAULT_GPU = dict(token_block=256, vocab_block=128, d_block=32, num_warps=8, num_stages=3)
 
 
 def test_default_impl_by_backend():
@@ -574,3 +618,35 @@ def test_bad_input_raises(kwargs, match):
         (args if k in args else opts)[k] = val
     with pytest.raises(ValueError, match=match):
         fused_logprobs_and_entropy(args["h"], args["w"], args["y"], **opts)
+
+
+def test_pallas_backward_blocks_do_not_follow_the_kernel_tile(monkeypatch):
+    # The Pallas forward's vocabulary tile is small on GPU (64 columns); the shared XLA backward
+    # runs in its own 1024-column blocks (clipped to V). Tied to a 128-column tile it took 84 of
+    # 107 ms of fwd + bwd on an H200. Values and gradients stay those of the dense path.
+    seen = []
+    real = fused_mod._chunk_backward
+
+    def spy(*a, **kw):
+        seen.append(kw["block"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fused_mod, "_chunk_backward", spy)
+    h, w, y = _inputs(9, 6, 37, seed=5)  # a shape no other test traces (the op is jitted)
+
+    def loss(fn):
+        def f(h, w):
+            lp, en = fn(h, w)
+            return jnp.sum(lp) + 0.3 * jnp.sum(en)
+
+        return jax.grad(f, (0, 1))
+
+    got = loss(
+        lambda h, w: fused_logprobs_and_entropy(
+            h, w, y, impl="pallas", token_block=8, vocab_block=8
+        )
+    )(h, w)
+    want = loss(lambda h, w: logprobs_and_entropy(h @ w, y))(h, w)
+    assert seen == [37]  # min(1024, V), not the kernel's 8
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
