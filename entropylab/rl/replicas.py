@@ -218,6 +218,7 @@ class ReplicatedGRPO:
         g = cfg.group_size
         reps, toks, masks = [], [], []
         for t in self.trainers:
+            T.at_step(t.task, step)  # the task's optional per-step hook (e.g. reseeding)
             problems = t.task.sample(
                 T.problem_rng(t.cfg.seed, step), cfg.prompts_per_step, cfg.difficulties
             )

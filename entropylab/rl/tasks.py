@@ -268,6 +268,53 @@ class CountdownTask:
 TASKS = {"addition": AdditionTask, "multiplication": MultiplicationTask, "countdown": CountdownTask}
 
 
+class RandomRewardTask:
+    """The random-reward control: the wrapped task's problems, rewards independent of the answer.
+
+    ``verify`` returns 1.0 with probability ``p`` and 0.0 otherwise, whatever the completion —
+    the "random reward" of Shao et al., *Spurious Rewards: Rethinking Training Signals in RLVR*
+    (arXiv:2506.10947; ``p = 0.5`` there). Whatever a run under it still shows (entropy falling
+    through clipping and sampling alone, say) is not caused by the reward signal.
+
+    Reproducible: ``at_step(step)`` reseeds the draws from ``(seed, step)``; the trainers call
+    this optional task hook at the start of every step, so a resumed or replayed step sees the
+    same rewards. Within a step, the draws follow the order of the ``verify`` calls (the trainers
+    score rows in order). ``base`` is the wrapped task: the trainers' held-out evaluation scores
+    with it (:func:`eval_task`), so eval accuracy stays the real one. Every other attribute
+    (``sample``, ``name``, ``parse``, …) is the wrapped task's.
+    """
+
+    def __init__(self, base, seed: int, p: float = 0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        self.base, self.seed, self.p = base, int(seed), float(p)
+        self.rng = np.random.default_rng(self.seed)
+
+    def at_step(self, step: int) -> None:
+        self.rng = np.random.default_rng([self.seed, int(step)])
+
+    def verify(self, problem, completion: str, finished: bool = True) -> float:
+        return float(self.rng.random() < self.p)
+
+    def __getattr__(self, attr):
+        if attr in ("base", "rng", "seed", "p"):  # not set yet (e.g. during unpickling)
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
+
+
+def at_step(task, step: int) -> None:
+    """Call the task's optional ``at_step(step)`` hook (the trainers do, before each step)."""
+    hook = getattr(task, "at_step", None)
+    if hook is not None:
+        hook(step)
+
+
+def eval_task(task):
+    """The task whose verifier scores held-out evaluation: ``task.base`` for a control wrapper
+    such as :class:`RandomRewardTask`, else ``task`` itself."""
+    return task.base if isinstance(task, RandomRewardTask) else task
+
+
 def make_task(name: str, **kwargs):
     """Build a task by name (``addition``, ``multiplication``, ``countdown``)."""
     if name not in TASKS:

@@ -117,6 +117,10 @@ class RLConfig:
     ``fill_at`` set) draws each training group as one entropy-branching tree (eval still samples
     independently). ``fused_logprobs`` streams the vocabulary (no
     ``[B, T, V]`` logits) unless the objective needs logits. ``on_nonfinite``: see the module.
+
+    ``random_reward = p`` trains on the random-reward control
+    (:class:`~entropylab.rl.tasks.RandomRewardTask`: rewards Bernoulli(p) independent of the
+    answer, reseeded from ``(seed, step)``); evaluation still uses the task's verifier.
     """
 
     task: str = "addition"
@@ -154,6 +158,7 @@ class RLConfig:
     aepo_temperatures: tuple[float, float] = (1.2, 0.8)
     on_nonfinite: str = "stop"
     tree_sampler: Any = None  # tree_sampling.TreeConfig: training rollouts as entropy trees
+    random_reward: float | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -182,6 +187,8 @@ class RLConfig:
             )
         if self.task not in T.TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(T.TASKS)}")
+        if self.random_reward is not None and not 0.0 <= self.random_reward <= 1.0:
+            raise ValueError(f"random_reward must be None or in [0, 1], got {self.random_reward}")
         if self.eval_k < 1 or self.eval_every < 0:
             raise ValueError("eval_k must be >= 1 and eval_every >= 0")
         for name in ("learning_rate", "temperature", "top_p"):
@@ -349,6 +356,8 @@ class GRPOTrainer:
         self.out_dir = Path(out_dir)
         self.mesh = mesh
         self.task = T.make_task(cfg.task, **(task_kwargs or {}))
+        if cfg.random_reward is not None:
+            self.task = T.RandomRewardTask(self.task, cfg.seed, cfg.random_reward)
         self.objective = build_objective(cfg.objective)
         self._check_needs()
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
@@ -485,7 +494,9 @@ class GRPOTrainer:
 
     # -- phases ---------------------------------------------------------------------------------
 
-    def _sample(self, sampler, params, problems, group, keys, t_state=None):
+    def _sample(self, sampler, params, problems, group, keys, t_state=None, task=None):
+        """Sample ``group`` responses per problem and score them with ``task`` (default: the
+        training task)."""
         prompts = [p.prompt for p in problems for _ in range(group)]
         pt, pm = T.encode_fixed(self.tok, prompts, self.cfg.prompt_width)
         if t_state is None:
@@ -493,7 +504,8 @@ class GRPOTrainer:
         else:
             r = sampler(self._full_state(params), pt, pm, keys, t_state)
         rep = [p for p in problems for _ in range(group)]
-        return r, T.score(self.task, self.tok, rep, r.response, r.finished), rep
+        task = self.task if task is None else task
+        return r, T.score(task, self.tok, rep, r.response, r.finished), rep
 
     def _keys(self, stream, step, n_problems, group, offset=0):
         pidx = jnp.repeat(jnp.arange(n_problems), group)
@@ -549,7 +561,9 @@ class GRPOTrainer:
         """pass@1 (mean over k samples at the training temperature) and pass@k, held-out set."""
         cfg = self.cfg
         keys = self._keys(rng.EVAL, 0, len(self.eval_set), cfg.eval_k)
-        r, rewards, _ = self._sample(self._eval_sampler, params, self.eval_set, cfg.eval_k, keys)
+        r, rewards, _ = self._sample(
+            self._eval_sampler, params, self.eval_set, cfg.eval_k, keys, task=T.eval_task(self.task)
+        )
         correct = (rewards == 1.0).reshape(len(self.eval_set), cfg.eval_k)
         out = {
             "eval/pass@1": pass_at_k(correct, 1),
@@ -565,6 +579,7 @@ class GRPOTrainer:
         """One RL step (see the module docstring); returns the logged record."""
         cfg = self.cfg
         t0 = time.perf_counter()
+        T.at_step(self.task, step)  # the task's optional per-step hook (e.g. reseeding)
         problems = self.task.sample(
             T.problem_rng(cfg.seed, step), cfg.prompts_per_step, cfg.difficulties
         )

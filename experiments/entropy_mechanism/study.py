@@ -408,31 +408,6 @@ def build_spec(preset: str) -> StudySpec:
 # -- the job ------------------------------------------------------------------------------------
 
 
-class RandomRewardTask:
-    """A task whose verifier returns Bernoulli(0.5) rewards, independent of the answer.
-
-    ``at_step(s)`` reseeds the draws from (seed, s), so a resumed run sees the same rewards."""
-
-    def __init__(self, task, seed: int):
-        self.task, self.seed = task, int(seed)
-        self.rng = np.random.default_rng(seed)
-        self.name = getattr(task, "name", "task")
-
-    def at_step(self, step: int) -> None:
-        self.rng = np.random.default_rng([self.seed, int(step)])
-
-    def sample(self, rng, n, difficulties):
-        return self.task.sample(rng, n, difficulties)
-
-    def verify(self, problem, completion, finished=True):
-        return float(self.rng.random() < 0.5)
-
-    def __getattr__(self, attr):
-        if attr in ("task", "rng", "seed"):
-            raise AttributeError(attr)
-        return getattr(self.task, attr)
-
-
 def _cache_root() -> Path:
     return Path(os.environ.get("ENTROPYLAB_WARMSTARTS", "runs/_warmstarts"))
 
@@ -567,7 +542,9 @@ def job(ctx) -> dict:
     rl = dataclasses.replace(P.rl, seed=ctx.data_seed(seed), objective=arm.objective,
                              steps=ctx.steps)  # fmt: skip
     trainer = GRPOTrainer(rl, model, tok, ctx.dir(seed) / "trainer")
-    trainer.task = RandomRewardTask(sp["train"], ctx.data_seed(seed)) if ex.get(
+    # random_reward: the library's control wrapper (rewards Bernoulli(0.5), reseeded from
+    # (seed, step) by the trainer's per-step task hook; evaluation here uses sp[eval_split])
+    trainer.task = T.RandomRewardTask(sp["train"], ctx.data_seed(seed)) if ex.get(
         "random_reward") else sp["train"]  # fmt: skip
     ev = _Evaluator(trainer, model, tok, sp[eval_split], eval_set, P.eval_n, ctx.data_seed(seed))
     gd, _, rest = nnx.split(model, nnx.Param, ...)
@@ -625,8 +602,6 @@ def job(ctx) -> dict:
             log.log(0, rec0)
         for s in range(start, ctx.steps):
             t_step = time.perf_counter()
-            if isinstance(trainer.task, RandomRewardTask):
-                trainer.task.at_step(s)
             rec = _lr0_step(trainer, s) if ex.get("lr0") else from_trainer_record(trainer.step(s))
             rec["time/step_s"] = time.perf_counter() - t_step
             if "activity/selected_frac" in rec and "response/length" in rec:

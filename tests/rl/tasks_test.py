@@ -118,3 +118,33 @@ def test_make_task_and_bad_difficulty():
         T.AdditionTask().sample(np.random.default_rng(0), 1, [0])
     with pytest.raises(ValueError, match="difficulty"):
         T.CountdownTask().sample(np.random.default_rng(0), 1, [1])
+
+
+def test_random_reward_task_ignores_the_answer_and_is_reseeded_per_step():
+    base = T.AdditionTask()
+    problems = base.sample(np.random.default_rng(0), 2000, (2,))
+    right = [str(p.answer)[::-1] for p in problems]  # reversed digits: the task's format
+    assert all(base.verify(p, c) == 1.0 for p, c in zip(problems, right))
+    task = T.RandomRewardTask(base, seed=3, p=0.5)
+    assert task.name == "addition" and task.base is base  # everything else is the base task's
+    task.at_step(7)
+    got_right = [task.verify(p, c) for p, c in zip(problems, right)]
+    task.at_step(7)
+    got_wrong = [task.verify(p, "x") for p in problems]
+    # the same (seed, step) gives the same draws whatever the completion
+    assert got_right == got_wrong
+    assert set(got_right) == {0.0, 1.0}
+    assert abs(np.mean(got_right) - 0.5) < 0.04  # 2000 draws: sd 0.011
+    # the draws are NumPy's generator seeded with (seed, step), compared >= p: by hand
+    u = np.random.default_rng([3, 7]).random(5)
+    assert got_right[:5] == [float(x < 0.5) for x in u]
+    task.at_step(8)
+    assert [task.verify(p, "x") for p in problems] != got_right  # another step, other draws
+    for p_, want in ((0.0, 0.0), (1.0, 1.0)):
+        t = T.RandomRewardTask(base, seed=0, p=p_)
+        t.at_step(0)
+        assert {t.verify(p, c) for p, c in zip(problems[:50], right)} == {want}
+    assert T.eval_task(task) is base and T.eval_task(base) is base
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="p must be a probability"):
+            T.RandomRewardTask(base, seed=0, p=bad)

@@ -1,6 +1,7 @@
 """GRPO trainer: a smoke run writes sane metrics; a run stopped by SIGTERM (in a subprocess)
 checkpoints, exits with 128 + signal, and its resumed run equals the uninterrupted one."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -326,3 +327,32 @@ def test_hapo_temperature_hook(tmp_path):
     assert r0["rollout/temperature"] == 1.0
     assert bool(tr.state["sampler"]["ready"])
     assert r1["rollout/temperature"] != 1.0 and 0.5 <= r1["rollout/temperature"] <= 1.5
+
+
+def test_random_reward_control_through_the_trainer(tmp_path):
+    # RLConfig(random_reward=p) trains on Bernoulli(p) rewards (the random-reward control); the
+    # trainer reseeds them per step, so a step replayed from the same state sees the same rewards
+    # whatever ran before it, and evaluation still scores with the task's own verifier.
+    cfg = dataclasses.replace(CFG, steps=2, checkpoint_every=0, eval_every=0, random_reward=1.0)
+    model, tok = _model()
+    a = GRPOTrainer(cfg, model, tok, tmp_path / "a")
+    assert isinstance(a.task, T.RandomRewardTask) and a.task.p == 1.0
+    rec = a.step(0)
+    assert rec["reward/mean"] == 1.0  # p = 1: every response rewarded, right or not
+    ev = a.evaluate(a.state["params"])
+    assert ev["eval/pass@1"] < 0.5  # the untrained model, scored by the real verifier
+
+    cfg = dataclasses.replace(cfg, random_reward=0.5)
+    a = GRPOTrainer(cfg, model, tok, tmp_path / "a2")
+    b = GRPOTrainer(cfg, model, tok, tmp_path / "b")
+    ra = [a.step(s)["reward/mean"] for s in range(2)]
+    b.state = jax.tree.map(lambda x: x, a.state)  # b skips step 0's draws
+    b.state["step"] = a.state["step"] - 1
+    rb = b.step(1)["reward/mean"]
+    assert rb == ra[1], (ra, rb)
+    # both generators now stand after step 1's draws from (seed, 1): the next draw agrees
+    # (without the per-step reseed, a's would have step 0's draws behind it as well)
+    assert a.task.rng.random() == b.task.rng.random()
+    assert 0.0 < ra[0] < 1.0 and 0.0 < ra[1] < 1.0
+    with pytest.raises(ValueError, match="random_reward"):
+        RLConfig(random_reward=1.5)
