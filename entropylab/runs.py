@@ -151,13 +151,37 @@ def _json_default(x):
     return repr(x)
 
 
+OMIT_AT_DEFAULT = "entropylab.omit_at_default"
+
+
+def added_field(default, **kwargs):
+    """``dataclasses.field(default=...)`` for an option added to a config class after runs were
+    made with that class: the canonical forms (:func:`canonical_config`, and the study config
+    hash of ``entropylab.study.provenance``) leave the field out while it equals ``default``, so
+    checkpoints and finished studies of the earlier code keep their config hash (resume and
+    ``analyse`` still accept them). The default must reproduce the earlier behaviour; any other
+    value is hashed as usual."""
+    meta = {**kwargs.pop("metadata", {}), OMIT_AT_DEFAULT: True}
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def omitted_at_default(field: dataclasses.Field, value) -> bool:
+    """True when ``field`` is an :func:`added_field` and ``value`` is its default."""
+    if not field.metadata.get(OMIT_AT_DEFAULT):
+        return False
+    return type(value) is type(field.default) and value == field.default
+
+
 def canonical_config(config) -> object:
-    """A JSON-able, canonical form of a config (dataclasses, mappings, tuples, numpy values)."""
+    """A JSON-able, canonical form of a config (dataclasses, mappings, tuples, numpy values);
+    :func:`added_field` fields are left out while they hold their default."""
 
     def conv(x):
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             return {"__type__": type(x).__name__} | {
-                f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)
+                f.name: conv(getattr(x, f.name))
+                for f in dataclasses.fields(x)
+                if not omitted_at_default(f, getattr(x, f.name))
             }
         if isinstance(x, Mapping):
             return {str(k): conv(v) for k, v in x.items()}

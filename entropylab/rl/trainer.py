@@ -158,7 +158,8 @@ class RLConfig:
     aepo_temperatures: tuple[float, float] = (1.2, 0.8)
     on_nonfinite: str = "stop"
     tree_sampler: Any = None  # tree_sampling.TreeConfig: training rollouts as entropy trees
-    random_reward: float | None = None
+    # added after studies had run: out of the config hashes while None
+    random_reward: float | None = runs.added_field(None)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

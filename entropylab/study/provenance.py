@@ -1,7 +1,11 @@
 """Provenance for study outputs: config and code hashes, git state, versions, atomic writes.
 
 * ``config_hash(obj)`` — sha256 of a canonical JSON rendering (dataclasses → dicts, sorted keys,
-  tuples → lists); two configs hash equal iff they render equal.
+  tuples → lists); two configs hash equal iff they render equal. A dataclass field declared
+  with ``entropylab.runs.added_field`` (an option added after studies had run, whose default
+  keeps the old behaviour) is left out of the rendering while it holds that default, so adding
+  it does not change the hash of a finished study that never used it; set otherwise, it is
+  hashed.
 * ``code_version(modules)`` — sha256 over the *source bytes* of the given modules/packages plus
   the versions of jax, flax, optax and numpy: it changes exactly when code that can change the
   numbers changes (a git SHA also changes for an unrelated README edit, and says nothing about
@@ -27,10 +31,29 @@ from pathlib import Path
 from entropylab import runs
 
 
+def _asdict(obj):
+    """``dataclasses.asdict`` that drops ``runs.added_field`` fields holding their default."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if runs.omitted_at_default(f, v):
+                continue
+            out[f.name] = _asdict(v)
+        return out
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*[_asdict(v) for v in obj])
+    if isinstance(obj, list | tuple):
+        return type(obj)(_asdict(v) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)((_asdict(k), _asdict(v)) for k, v in obj.items())
+    return obj
+
+
 def canonical(obj):
     """JSON-ready canonical form of configs (dataclasses, mappings, sequences, scalars)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **canonical(dataclasses.asdict(obj))}
+        return {"__type__": type(obj).__name__, **canonical(_asdict(obj))}
     if isinstance(obj, dict):
         return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, list | tuple):

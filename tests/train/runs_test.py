@@ -67,6 +67,39 @@ def test_config_hash_is_canonical():
     assert runs.config_hash({"a": np.float32(1.5)}) == runs.config_hash({"a": 1.5})
 
 
+def test_added_field_keeps_earlier_config_hashes():
+    # An option added to a config class after runs were made with it: while it holds its
+    # default it is left out of both canonical forms (checkpoints and finished studies keep
+    # their hash); set otherwise, it is hashed. A default of another type (1 vs 1.0 vs True)
+    # is not "the default".
+    from entropylab.study import provenance
+
+    @dataclasses.dataclass(frozen=True)
+    class Old:
+        lr: float = 1e-3
+        inner: tuple = ()
+
+    @dataclasses.dataclass(frozen=True)
+    class New:
+        lr: float = 1e-3
+        inner: tuple = ()
+        p: float | None = runs.added_field(None)
+        k: int = runs.added_field(1)
+
+    Old.__name__ = New.__name__ = "Cfg"  # the canonical forms carry the class name
+    nested_old, nested_new = Old(inner=(Old(),)), New(inner=(New(),))
+    for h in (runs.config_hash, provenance.config_hash):
+        assert h(New()) == h(Old()) and h(nested_new) == h(nested_old)
+        assert h(New(p=0.5)) != h(Old()) and h(New(k=2)) != h(Old())
+        assert h(New(p=0.0)) != h(Old())  # 0.0 is a setting, not the default None
+        assert h(New(k=True)) != h(Old())  # True == 1, but another type
+    assert "p" not in runs.canonical_config(New()) and runs.canonical_config(New(p=0.5))["p"] == 0.5
+    # the first added option of the library keeps every committed study's hash (tested there)
+    from entropylab.rl.trainer import RLConfig
+
+    assert "random_reward" not in runs.canonical_config(RLConfig())
+
+
 def test_manifest_fields():
     m = runs.make_manifest(Cfg(), seed=3)
     for key in ("config_hash", "seed", "git_commit", "git_dirty", "versions", "host"):
