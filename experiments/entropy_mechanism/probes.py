@@ -80,6 +80,23 @@ def policy_cov(p, x, y):
     return jnp.sum(p * x * y, axis=-1) - ex * ey
 
 
+def _log_softmax64(z):
+    z = np.asarray(z, np.float64)
+    m = np.max(z, axis=-1, keepdims=True)
+    return z - m - np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
+
+
+def _entropy64(z):
+    """:func:`softmax_entropy` in float64 NumPy (the lemma check's arithmetic)."""
+    lp = _log_softmax64(z)
+    return -np.sum(np.exp(lp) * lp, axis=-1)
+
+
+def _cov64(p, x, y):
+    """:func:`policy_cov` in float64 NumPy."""
+    return np.sum(p * x * y, axis=-1) - np.sum(p * x, axis=-1) * np.sum(p * y, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class LemmaResult:
     mode: str  # natural | vanilla | network_sgd
@@ -119,8 +136,8 @@ def lemma_check(
       min_order, rel_tol: pass when the residual |ΔH − prediction| shrinks like η^order
         between the two smallest steps with order ≥ ``min_order`` (2 when the first-order
         term is right, 1 when it is wrong), or the relative error at the smallest step is ≤
-        ``rel_tol``, or every residual is < 1e-7 (float32 floor). A wrong first-order term
-        fails both (residual ∝ η, relative error O(1)).
+        ``rel_tol``, or every residual is < 1e-7 (the float32 network's floor). A wrong
+        first-order term fails both (residual ∝ η, relative error O(1)).
         The order, not the relative error, is the criterion: near a uniform policy log π is
         almost constant, the first-order term vanishes and ΔH is all second order, so a
         relative error says nothing there while the order still does.
@@ -135,29 +152,39 @@ def lemma_check(
     z0 = state_logits(params)
     if a.shape != z0.shape:
         raise ValueError(f"advantages must have the logits' shape {z0.shape}, got {a.shape}")
-    p0 = jax.nn.softmax(z0)
-    lp0 = jax.nn.log_softmax(z0)
-    h0 = softmax_entropy(z0)
+    # The network and its SGD step run in float32 (the real thing); the check's own arithmetic
+    # (entropies, covariance, the softmax-parameter steps) runs in float64 on the host. In
+    # float32 the rounding of H is ~1e-7–1e-6 at a near-deterministic state (H ≈ 0.01 nats,
+    # log π down to −15), as large as the second-order residual at the smallest step, and one
+    # check of the full study failed on that alone (README, "c3_lemma").
+    z0_64 = np.asarray(z0, np.float64)
+    a64 = np.asarray(a, np.float64)
+    lp0 = _log_softmax64(z0_64)
+    p0 = np.exp(lp0)
+    h0 = _entropy64(z0_64)
     sign = -1.0 if flip else 1.0
 
     if mode == "network_sgd":
         g, dz1 = _sgd_direction(state_logits, params, a)
+        dz1 = np.asarray(dz1, np.float64)
     elif mode == "natural":
-        dz1 = a
+        dz1 = a64
     else:
-        dz1 = p0 * (a - jnp.sum(p0 * a))
-    scale = float(jnp.max(jnp.abs(dz1)))
+        dz1 = p0 * (a64 - np.sum(p0 * a64))
+    scale = float(np.max(np.abs(dz1)))
     if not scale > 0:
         raise ValueError("the update direction is zero (constant advantages?)")
     obs, pred, err, res, etas = [], [], [], [], []
     for m in max_dz:
         eta = m / scale
         if mode == "network_sgd":
-            z1 = state_logits(jax.tree.map(lambda t, gt, e=eta: t + e * gt, params, g))
+            z1 = np.asarray(
+                state_logits(jax.tree.map(lambda t, gt, e=eta: t + e * gt, params, g)), np.float64
+            )
         else:
-            z1 = z0 + eta * dz1
-        o = float(softmax_entropy(z1) - h0)
-        q = sign * float(-policy_cov(p0, lp0, eta * dz1))
+            z1 = z0_64 + eta * dz1
+        o = float(_entropy64(z1) - h0)
+        q = sign * float(-_cov64(p0, lp0, eta * dz1))
         obs.append(o)
         pred.append(q)
         err.append(abs(o - q) / max(abs(q), 1e-30))

@@ -499,7 +499,11 @@ def _claim3(trainer, P, step, probe, seed) -> dict:
                            adam_lr=P.cf_adam_lr, probe=probe, seed=seed)  # fmt: skip
     errs, orders, passes = [], [], []
     rng = np.random.default_rng(seed)
-    rows = np.flatnonzero(np.asarray(rmask).sum(1) > 0)
+    # one state per prompt: the first valid row of each group (the rows of a group share the
+    # prompt, so their first response position is the same state)
+    valid = np.asarray(rmask).sum(1) > 0
+    rows = [g * cfg.group_size + int(np.argmax(v)) for g, v in
+            enumerate(valid.reshape(-1, cfg.group_size)) if v.any()]  # fmt: skip
     for i in range(P.lemma_states):
         row = int(rows[i % len(rows)])
         f = PR.state_logits_fn(gd, rest, r.tokens, r.mask, row, cfg.prompt_width)

@@ -14,6 +14,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ def test_entropy_and_policy_cov_hand_checked():
     # π = (1, 2, 3)/6, A = (1, 0, −1): H and Cov_π(log π, A) computed by hand in float64
     z = jnp.log(jnp.array([1.0, 2.0, 3.0]) / 6.0)
     p = jax.nn.softmax(z)
-    assert float(PR.softmax_entropy(z)) == pytest.approx(1.0114042647073518, rel=1e-6)
+    assert float(PR._entropy64(z)) == pytest.approx(1.0114042647073518, rel=1e-6)
     cov = PR.policy_cov(p, jax.nn.log_softmax(z), jnp.array([1.0, 0.0, -1.0]))
     assert float(cov) == pytest.approx(-0.2891877428271538, rel=1e-5)
     # the natural-PG step η = 1e-2 changes H by 0.0028722 (exact) vs −η·Cov = 0.0028919
@@ -40,6 +41,39 @@ def test_entropy_and_policy_cov_hand_checked():
     assert r.passed and r.order == pytest.approx(2.0, abs=0.1)
     assert r.observed[0] == pytest.approx(0.0028721786231904467, rel=2e-3)
     assert r.predicted[0] == pytest.approx(0.002891877428271538, rel=1e-4)
+
+
+def test_lemma_check_holds_at_a_near_deterministic_state():
+    # The collapsed policies at the end of RL: H ≈ 0.005 nats, log π down to −16. There the
+    # second-order residual at the smallest step (~1e-6) is as small as float32's rounding of
+    # H, and the full study's c3_lemma failed one check on that alone (init 3, last step; the
+    # check's entropies and covariance in float32). The check's arithmetic is float64 now: every
+    # draw passes with the order of a right first-order term. (The float32 version failed 16 of
+    # these 80 checks.)
+    z = jnp.asarray(np.concatenate([[0.0], -np.linspace(9, 16, 24)]), jnp.float32)
+    assert 0.004 < float(PR._entropy64(z)) < 0.006
+    for seed in range(40):
+        a = np.random.default_rng(seed).normal(size=25)
+        for mode in ("natural", "vanilla"):
+            r = PR.lemma_check(lambda th: th, z, a, mode=mode)
+            assert r.passed and 1.9 < r.order < 2.1, (seed, mode, r.order, r.residual)
+            bad = PR.lemma_check(lambda th: th, z, a, mode=mode, flip=True)
+            assert not bad.passed, (seed, mode)
+
+
+def test_diagnose_lemma_analyse_recomputes_the_committed_capture(tmp_path):
+    # The committed capture of the full study's failed c3_lemma state (init 3, last step):
+    # analysing it again gives the committed diagnosis (float32 as the study logged it, and the
+    # float64 recomputation in which every check passes with order ≈ 2).
+    from experiments.entropy_mechanism import diagnose_lemma as DL
+
+    root = Path(__file__).resolve().parents[2] / "experiments/entropy_mechanism/results/full"
+    doc = DL.analyse(root / "lemma_capture.json", tmp_path / "d.json")
+    assert doc == json.loads((root / "lemma_diagnosis.json").read_text())
+    assert doc["logged_by_the_study"]["lemma/pass_frac"] == pytest.approx(10 / 12)
+    assert sum(not c["study_float32"]["passed"] for c in doc["checks"]) == 2
+    assert all(c["float64"]["passed"] and 1.9 < c["float64"]["order"] < 2.1 for c in doc["checks"])
+    assert doc["distinct_states"] == 1  # the study's first rows were one prompt's group
 
 
 def _tiny_state():
