@@ -79,7 +79,7 @@ bench: $(STAMP_TEST)
 # their outputs, figures included; see "Notebooks" in README.md.
 notebooks: $(STAMP_TEST)
 	$(PY) notebooks/execute.py notebooks/entropy_laws.ipynb notebooks/token_entropy.ipynb \
-	  notebooks/attention_entropy.ipynb
+	  notebooks/attention_entropy.ipynb notebooks/entropy_mechanism_full.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
