@@ -188,8 +188,11 @@ class RLConfig:
             )
         if self.task not in T.TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {sorted(T.TASKS)}")
-        if self.random_reward is not None and not 0.0 <= self.random_reward <= 1.0:
-            raise ValueError(f"random_reward must be None or in [0, 1], got {self.random_reward}")
+        rr = self.random_reward
+        if rr is not None and (
+            isinstance(rr, bool) or not isinstance(rr, int | float) or not 0.0 <= rr <= 1.0
+        ):
+            raise ValueError(f"random_reward must be None or a number in [0, 1], got {rr!r}")
         if self.eval_k < 1 or self.eval_every < 0:
             raise ValueError("eval_k must be >= 1 and eval_every >= 0")
         for name in ("learning_rate", "temperature", "top_p"):

@@ -354,5 +354,6 @@ def test_random_reward_control_through_the_trainer(tmp_path):
     # (without the per-step reseed, a's would have step 0's draws behind it as well)
     assert a.task.rng.random() == b.task.rng.random()
     assert 0.0 < ra[0] < 1.0 and 0.0 < ra[1] < 1.0
-    with pytest.raises(ValueError, match="random_reward"):
-        RLConfig(random_reward=1.5)
+    for bad in (1.5, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="random_reward"):
+            RLConfig(random_reward=bad)
