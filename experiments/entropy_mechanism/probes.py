@@ -153,50 +153,67 @@ def lemma_check(
     if a.shape != z0.shape:
         raise ValueError(f"advantages must have the logits' shape {z0.shape}, got {a.shape}")
     # The network and its SGD step run in float32 (the real thing); the check's own arithmetic
-    # (entropies, covariance, the softmax-parameter steps) runs in float64 on the host. In
-    # float32 the rounding of H is ~1e-7–1e-6 at a near-deterministic state (H ≈ 0.01 nats,
-    # log π down to −15), as large as the second-order residual at the smallest step, and one
-    # check of the full study failed on that alone (README, "c3_lemma").
-    z0_64 = np.asarray(z0, np.float64)
-    a64 = np.asarray(a, np.float64)
-    lp0 = _log_softmax64(z0_64)
-    p0 = np.exp(lp0)
-    h0 = _entropy64(z0_64)
-    sign = -1.0 if flip else 1.0
-
+    # (entropies, covariance, the softmax-parameter steps) runs in float64 on the host
+    # (:func:`lemma_measure`). In float32 the rounding of H is ~1e-7–1e-6 at a near-deterministic
+    # state (H ≈ 0.01 nats, log π down to −15), as large as the second-order residual at the
+    # smallest step, and two checks of the full study failed on that alone (README, "c3_lemma").
     if mode == "network_sgd":
         g, dz1 = _sgd_direction(state_logits, params, a)
         dz1 = np.asarray(dz1, np.float64)
-    elif mode == "natural":
-        dz1 = a64
     else:
-        dz1 = p0 * (a64 - np.sum(p0 * a64))
+        dz1 = softmax_direction(mode, z0, a)
     scale = float(np.max(np.abs(dz1)))
     if not scale > 0:
         raise ValueError("the update direction is zero (constant advantages?)")
-    obs, pred, err, res, etas = [], [], [], [], []
-    for m in max_dz:
-        eta = m / scale
-        if mode == "network_sgd":
-            z1 = np.asarray(
-                state_logits(jax.tree.map(lambda t, gt, e=eta: t + e * gt, params, g)), np.float64
-            )
-        else:
-            z1 = z0_64 + eta * dz1
+    etas = [m / scale for m in max_dz]
+    z1s = None
+    if mode == "network_sgd":
+        z1s = [state_logits(jax.tree.map(lambda t, gt, e=eta: t + e * gt, params, g))
+               for eta in etas]  # fmt: skip
+    obs, pred, err, res, order, passed = lemma_measure(
+        z0, dz1, etas, z1s, flip=flip, min_order=min_order, rel_tol=rel_tol
+    )
+    return LemmaResult(
+        mode, tuple(etas), tuple(obs), tuple(pred), tuple(err), tuple(res), order, passed,
+        min_order,
+    )  # fmt: skip
+
+
+def softmax_direction(mode: str, z0, a):
+    """Δz per unit step with the logits as the softmax's parameters (float64): ``natural``
+    Δz = A, ``vanilla`` Δz = π⊙(A − E_π A)."""
+    a = np.asarray(a, np.float64)
+    if mode == "natural":
+        return a
+    p0 = np.exp(_log_softmax64(z0))
+    return p0 * (a - np.sum(p0 * a))
+
+
+def lemma_measure(z0, dz1, etas, z1s=None, *, flip=False, min_order=1.6, rel_tol=0.01):
+    """The lemma check's arithmetic, float64 NumPy: for each step η the observed
+    ΔH = H(z1) − H(z0) and the prediction −Cov_π(log π, η·Δz₁), with z1 = ``z1s[i]`` (a
+    network's logits after its step) or, when ``z1s`` is None, z0 + η·Δz₁. Returns
+    ``(observed, predicted, rel_err, residual, order, passed)`` with the pass rule of
+    :func:`lemma_check`."""
+    z0 = np.asarray(z0, np.float64)
+    dz1 = np.asarray(dz1, np.float64)
+    lp0 = _log_softmax64(z0)
+    p0 = np.exp(lp0)
+    h0 = _entropy64(z0)
+    sign = -1.0 if flip else 1.0
+    obs, pred, err, res = [], [], [], []
+    for i, eta in enumerate(etas):
+        z1 = z0 + eta * dz1 if z1s is None else np.asarray(z1s[i], np.float64)
         o = float(_entropy64(z1) - h0)
         q = sign * float(-_cov64(p0, lp0, eta * dz1))
         obs.append(o)
         pred.append(q)
         err.append(abs(o - q) / max(abs(q), 1e-30))
         res.append(abs(o - q))
-        etas.append(eta)
     r = np.maximum(np.array(res), 1e-30)
     order = float(np.log(r[-2] / r[-1]) / np.log(etas[-2] / etas[-1]))
     passed = bool(order >= min_order or err[-1] <= rel_tol or np.all(r < 1e-7))
-    return LemmaResult(
-        mode, tuple(etas), tuple(obs), tuple(pred), tuple(err), tuple(res), order, passed,
-        min_order,
-    )  # fmt: skip
+    return obs, pred, err, res, order, passed
 
 
 @functools.partial(jax.jit, static_argnums=0)
